@@ -1,0 +1,71 @@
+"""What every stage shares: where files live, how metrics are written, how a stage fails.
+
+Stages run from the project root (DVC's working directory); every path below is relative to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tasks.config import ConfigError, Params, load_params
+
+INTERIM = Path("data/interim")
+ROWS = INTERIM / "rows.parquet"
+REJECTED = INTERIM / "rejected.parquet"
+ENCODED = Path("data/encoded")
+SPLITS = ("train", "valid", "test")
+FEATURE_MAP = ENCODED / "feature_map.json"
+VOCAB = ENCODED / "vocab.parquet"
+METRICS = Path("metrics")
+REPORTS = Path("reports")
+
+# Reserved codes of every field's vocabulary; real values start at FIRST_CODE.
+PADDING, OOV, MISSING = 0, 1, 2
+FIRST_CODE = 3
+LABEL = "label"
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on (bad input, failed gate). The message is what the user sees."""
+
+
+def split_path(split: str) -> Path:
+    return ENCODED / f"{split}.parquet"
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    if not path.exists():
+        raise StageError(f"{path} not found: run the stage that writes it first (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def stage_main(run: Callable[[Params], dict[str, Any]]) -> None:
+    """Entry point for ``python -m tasks.<stage>``: load params, run, turn known failures into exit 1."""
+    try:
+        run(load_params())
+    except (ConfigError, StageError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def progress_enabled() -> bool:
+    """Progress bars only on a terminal (DVC and CI logs stay clean)."""
+    return sys.stderr.isatty() and not os.environ.get("CI")

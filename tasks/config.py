@@ -1,0 +1,269 @@
+"""Typed view of ``params.yaml``.
+
+Every stage reads its slice of the params through these models, so a wrong type, an unknown key or a
+missing required key stops the pipeline before any data is touched, with a message that names the key
+and the file. Dataset specs are plain data: a user describes their own log here without touching code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+ColumnKind = Literal["label", "categorical", "numeric", "multi_valued", "timestamp", "flag", "drop"]
+TimeDerivation = Literal["hour", "weekday", "weekend", "day", "month"]
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(Strict):
+    """One column of a raw file, in file order. ``kind`` says what the pipeline does with it."""
+
+    kind: ColumnKind
+    # label: raw values that mean a click / no click, or a numeric threshold (value >= threshold -> 1)
+    positive: list[str] | None = None
+    negative: list[str] | None = None
+    threshold: float | None = None
+    # numeric: how values become buckets (each bucket is then a categorical token)
+    bucketing: Literal["criteo_log", "quantile", "identity"] = "identity"
+    buckets: Annotated[int, Field(ge=2, le=4096)] = 10
+    # categorical: keep only the first `prefix` characters (e.g. a zip-code prefix)
+    prefix: Annotated[int, Field(ge=1)] | None = None
+    # multi_valued: a separated list of tokens in one column
+    separator: str = "|"
+    max_length: Annotated[int, Field(ge=1)] = 8
+    # timestamp: "unix" seconds or a strptime format (Avazu: "%y%m%d%H"), and the fields derived from it
+    time_format: str = "unix"
+    derive: list[TimeDerivation] = ["hour", "weekday", "weekend"]
+    # flag: a 0/1 column that becomes one token of the multi-valued field named here
+    field: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ColumnSpec:
+        if self.kind == "label" and self.threshold is None and not self.positive:
+            raise ValueError("a label column needs `positive` (and `negative`) values, or a `threshold`")
+        if self.kind == "flag" and not self.field:
+            raise ValueError("a flag column needs `field`: the multi-valued field it belongs to")
+        return self
+
+
+def _expand_columns(raw: Any) -> Any:
+    """``{"I{1..13}": spec}`` -> ``{"I1": spec, ..., "I13": spec}``; a bare kind string -> ``{"kind": s}``."""
+    if not isinstance(raw, dict):
+        return raw
+    out: dict[str, Any] = {}
+    for name, spec in raw.items():
+        spec = {"kind": spec} if isinstance(spec, str) else spec
+        match = re.fullmatch(r"(.*)\{(\d+)\.\.(\d+)\}(.*)", str(name))
+        names = (
+            [f"{match[1]}{i}{match[4]}" for i in range(int(match[2]), int(match[3]) + 1)]
+            if match
+            else [str(name)]
+        )
+        for n in names:
+            if n in out:
+                raise ValueError(f"column {n!r} is declared twice")
+            out[n] = spec
+    return out
+
+
+class JoinSpec(Strict):
+    """A side table joined onto the main rows by a key column (e.g. MovieLens u.user on `user`)."""
+
+    path: str
+    separator: str = "\t"
+    header: bool = False
+    encoding: Literal["utf8", "latin1"] = "utf8"
+    key: str
+    columns: dict[str, ColumnSpec]
+
+    _expand = field_validator("columns", mode="before")(_expand_columns)
+
+    @model_validator(mode="after")
+    def _key_present(self) -> JoinSpec:
+        if self.key not in self.columns:
+            raise ValueError(f"join key {self.key!r} is not one of this table's columns")
+        return self
+
+
+class ImplicitSpec(Strict):
+    """An implicit-feedback log (every row a positive): sample negatives as the AFM/NFM papers did.
+
+    Each logged row gets ``negatives`` extra rows with the same user and context but an item this user
+    never used; the item's own attributes (``item_columns``) travel with the sampled item.
+    """
+
+    user: str
+    item: str
+    negatives: Annotated[int, Field(ge=1)] = 2
+    item_columns: list[str] = []
+
+
+class DatasetSpec(Strict):
+    """How to read one raw click log and what each of its columns is."""
+
+    description: str = ""
+    paths: Annotated[list[str], Field(min_length=1)]
+    format: Literal["tsv", "csv", "libfm", "parquet"]
+    separator: str | None = None  # default: tab for tsv, comma for csv, '|' allowed for anything
+    header: bool | Literal["auto"] = False
+    encoding: Literal["utf8", "latin1"] = "utf8"
+    columns: dict[str, ColumnSpec]
+    joins: list[JoinSpec] = []
+    implicit: ImplicitSpec | None = None
+
+    _expand = field_validator("columns", mode="before")(_expand_columns)
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetSpec:
+        labels = [n for n, c in self.columns.items() if c.kind == "label"]
+        if self.implicit is None and len(labels) != 1:
+            raise ValueError(f"exactly one column must have kind 'label' (found {labels or 'none'})")
+        if self.implicit is not None and labels:
+            raise ValueError("an implicit-feedback log has no label column: labels come from sampling")
+        if self.format == "libfm" and self.header is not False:
+            raise ValueError("libfm files have no header")
+        if self.implicit is not None:
+            for col in [self.implicit.user, self.implicit.item, *self.implicit.item_columns]:
+                if col not in self.columns:
+                    raise ValueError(f"implicit: column {col!r} is not declared in `columns`")
+        return self
+
+    @property
+    def sep(self) -> str:
+        if self.separator is not None:
+            return self.separator
+        return {"tsv": "\t", "csv": ",", "libfm": " "}.get(self.format, "\t")
+
+    @property
+    def label_column(self) -> str:
+        return next((n for n, c in self.columns.items() if c.kind == "label"), "label")
+
+
+class GenerateConfig(Strict):
+    """The embedded synthetic click log (Criteo TSV format, planted interactions)."""
+
+    rows: Annotated[int, Field(ge=100)] = 200_000
+    seed: int = 7
+    numeric_fields: Annotated[int, Field(ge=1, le=13)] = 13
+    categorical_fields: Annotated[int, Field(ge=4, le=26)] = 26
+    planted_pairs: Annotated[int, Field(ge=0)] = 4
+    planted_triples: Annotated[int, Field(ge=0)] = 2
+    interaction_strength: float = 1.2
+    noise: Annotated[float, Field(ge=0)] = 0.3
+    base_rate: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    out_dir: str = "data/raw/synthetic"
+
+
+class IngestConfig(Strict):
+    block_mb: Annotated[int, Field(ge=1, le=4096)] = 64
+
+
+class SplitConfig(Strict):
+    method: Literal["random", "time"] = "random"
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    column: str | None = None  # the timestamp column for method: time
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if abs(sum(self.fractions) - 1.0) > 1e-6 or min(self.fractions) < 0:
+            raise ValueError(f"fractions must be non-negative and sum to 1 (got {list(self.fractions)})")
+        if self.method == "time" and not self.column:
+            raise ValueError("split method 'time' needs `column`: the timestamp column to order by")
+        return self
+
+
+class EncodeConfig(Strict):
+    split: SplitConfig = SplitConfig()
+    min_count: Annotated[int, Field(ge=1)] = 2
+
+
+class ValidateConfig(Strict):
+    positive_ratio_tolerance: Annotated[float, Field(gt=0, le=1)] = 0.05
+
+
+class Params(Strict):
+    """The whole of params.yaml. Sections for later stages are kept but not interpreted here."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    dataset: str
+    seed: int = 2024
+    generate: GenerateConfig = GenerateConfig()
+    ingest: IngestConfig = IngestConfig()
+    encode: EncodeConfig = EncodeConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    datasets: dict[str, DatasetSpec]
+
+    @model_validator(mode="after")
+    def _dataset_known(self) -> Params:
+        if self.dataset not in self.datasets:
+            raise ValueError(f"dataset {self.dataset!r} is not one of datasets: {sorted(self.datasets)}")
+        return self
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.datasets[self.dataset]
+
+
+KNOWN_TOP_LEVEL = {"dataset", "seed", "generate", "ingest", "encode", "validate", "datasets"}
+
+
+def _format_error(err: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if p not in ("function-after[_check()]",)) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], path: Path | str = PARAMS_FILE) -> Params:
+    """Validate an already-loaded params mapping; errors name ``path`` and the offending key."""
+    path = Path(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, path)) from None
+
+
+def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate params.yaml (``overrides`` are dotted keys, as ``dvc exp run -S`` takes them)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return parse_params(raw, path)
+
+
+def resolve_path(p: str, base: Path | None = None) -> Path:
+    """Paths in params are relative to the project root (where dvc runs)."""
+    path = Path(p)
+    return path if path.is_absolute() or base is None else base / path

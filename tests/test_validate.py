@@ -1,0 +1,158 @@
+"""The validate gate: clean inputs pass and write every report; each kind of corruption fails by name."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from tasks import validate
+from tasks.common import FEATURE_MAP, METRICS, ROWS, StageError, split_path, write_json
+from tasks.config import Params, parse_params
+
+FIELDS = [
+    {"name": "C1", "kind": "categorical", "vocab_size": 10},
+    {"name": "I1", "kind": "numeric", "vocab_size": 6},
+    {"name": "tags", "kind": "multi_valued", "vocab_size": 8},
+]
+SIZES = {"train": 20, "valid": 10, "test": 10}
+# interim: 4 checks; each split: 4 (label, rows, ratio) + 2 per single-valued field + 3 for the list field
+EXPECTED_CHECKS = 4 + 3 * (4 + 2 + 2 + 3)
+
+
+def params(tolerance: float = 0.05) -> Params:
+    return parse_params(
+        {
+            "dataset": "t",
+            "datasets": {
+                "t": {
+                    "paths": ["x.tsv"],
+                    "format": "tsv",
+                    "columns": {
+                        "label": {"kind": "label", "positive": ["1"], "negative": ["0"]},
+                        "C1": "categorical",
+                    },
+                }
+            },
+            "validate": {"positive_ratio_tolerance": tolerance},
+        }
+    )
+
+
+def split_frame(n: int) -> dict[str, list[Any]]:
+    """n rows, exactly half positive; every code in range, one empty tag list (padding)."""
+    return {
+        "label": [i % 2 for i in range(n)],
+        "C1": [3 + i % 7 for i in range(n)],
+        "I1": [3 + i % 3 for i in range(n)],
+        "tags": [[] if i == 0 else [3 + i % 5, 2] for i in range(n)],
+    }
+
+
+Edit = Callable[[dict[str, dict[str, list[Any]]], dict[str, Any]], None]
+
+
+def write_fixtures(edit: Edit | None = None) -> None:
+    """Write every input of the stage into the CWD; ``edit(splits, encode_json)`` corrupts it first."""
+    splits = {s: split_frame(n) for s, n in SIZES.items()}
+    encode = {"rows": dict(SIZES), "positive_ratio": {s: 0.5 for s in SIZES}}
+    if edit:
+        edit(splits, encode)
+
+    interim = pl.DataFrame(
+        {
+            "label": [0, 1, 1, 0, 1],
+            "C1": ["a", "b", None, "a", "c"],
+            "I1": [1.0, None, 2.5, 3.0, 0.0],
+            "tags": [["x"], [], ["y", "z"], None, ["x"]],
+        },
+        schema={"label": pl.Int8, "C1": pl.String, "I1": pl.Float64, "tags": pl.List(pl.String)},
+    )
+    ROWS.parent.mkdir(parents=True, exist_ok=True)
+    interim.write_parquet(ROWS)
+    write_json(METRICS / "ingest.json", {"rows_ok": 5, "rows_out": 5})
+
+    schema = {"label": pl.Int8, "C1": pl.Int32, "I1": pl.Int32, "tags": pl.List(pl.Int32)}
+    split_path("train").parent.mkdir(parents=True, exist_ok=True)
+    for split, columns in splits.items():
+        pl.DataFrame(columns, schema=schema).write_parquet(split_path(split))
+    write_json(
+        FEATURE_MAP, {"label": "label", "reserved": {"padding": 0, "oov": 1, "missing": 2}, "fields": FIELDS}
+    )
+    write_json(METRICS / "encode.json", encode)
+
+
+def failure_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Edit) -> str:
+    monkeypatch.chdir(tmp_path)
+    write_fixtures(edit)
+    with pytest.raises(StageError) as err:
+        validate.run(params())
+    return str(err.value)
+
+
+def test_clean_inputs_pass_and_write_every_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_fixtures()
+    metrics = validate.run(params())
+
+    assert metrics["success"] is True
+    assert metrics["evaluated"] == EXPECTED_CHECKS and metrics["failed"] == 0 and metrics["failures"] == []
+    assert set(metrics["per_asset"]) == {"interim", "train", "valid", "test"}
+    assert json.loads(validate.METRICS_FILE.read_text()) == metrics
+    results = json.loads(validate.RESULTS.read_text())
+    assert set(results) == {"interim", "train", "valid", "test"}
+    assert all(r["success"] for r in results.values())
+    assert (validate.DATA_DOCS / "index.html").exists()
+    assert f"validate: {EXPECTED_CHECKS}/{EXPECTED_CHECKS} expectations passed" in capsys.readouterr().out
+    # every result carries its readable name
+    names = [r["expectation_config"]["meta"]["name"] for r in results["valid"]["results"]]
+    assert "valid: C1 codes within vocabulary [0, 10)" in names
+
+
+def test_code_outside_vocabulary_fails_by_split_and_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def corrupt(splits: dict, encode: dict) -> None:
+        splits["test"]["C1"][4] = 10  # == vocab_size
+
+    message = failure_message(tmp_path, monkeypatch, corrupt)
+    assert "validation failed: 1 of" in message
+    assert "test: C1 codes within vocabulary [0, 10)" in message and "e.g. 10" in message
+    # outputs are written before the stage fails
+    metrics = json.loads(validate.METRICS_FILE.read_text())
+    assert metrics["success"] is False and metrics["failures"] == ["test: C1 codes within vocabulary [0, 10)"]
+    assert metrics["per_asset"]["test"]["failed"] == 1 and metrics["per_asset"]["train"]["failed"] == 0
+    assert (validate.DATA_DOCS / "index.html").exists() and validate.RESULTS.exists()
+
+
+def test_row_count_mismatch_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def corrupt(splits: dict, encode: dict) -> None:
+        encode["rows"]["valid"] = 11
+
+    message = failure_message(tmp_path, monkeypatch, corrupt)
+    assert "valid: row count equals encode's 11 (observed: 10)" in message
+
+
+def test_positive_ratio_out_of_tolerance_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def corrupt(splits: dict, encode: dict) -> None:
+        splits["test"]["label"] = [1] * SIZES["test"]  # ratio 1.0 against train's 0.5
+        encode["positive_ratio"]["test"] = 1.0
+
+    message = failure_message(tmp_path, monkeypatch, corrupt)
+    assert "test: positive ratio within train's 0.5000" in message and "observed: 1.0" in message
+    assert "valid: positive ratio" not in message
+
+
+def test_multi_valued_code_out_of_range_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def corrupt(splits: dict, encode: dict) -> None:
+        splits["valid"]["tags"][3] = [4, 8]  # 8 == vocab_size
+
+    message = failure_message(tmp_path, monkeypatch, corrupt)
+    assert "valid: tags largest code per row within vocabulary [0, 8)" in message and "e.g. 8" in message
+    assert "tags smallest" not in message
