@@ -147,12 +147,13 @@ def run_gx(assets: dict[str, tuple[pl.DataFrame, list[Check]]]) -> dict[str, dic
         source = context.data_sources.add_pandas("pipeline")
         for asset_name, (df, checks) in assets.items():
             batch = source.add_dataframe_asset(asset_name).add_batch_definition_whole_dataframe("all")
-            suite = context.suites.add(gx.ExpectationSuite(name=asset_name))
-            for cls, kwargs, readable in checks:
-                # description shows in the data docs; meta.name is the stable handle we read back.
-                suite.add_expectation(
-                    getattr(gx.expectations, cls)(**kwargs, description=readable, meta={"name": readable})
-                )
+            # description shows in the data docs; meta.name is the stable handle we read back. The suite
+            # is built whole, then added: suite.add_expectation would re-save the suite file per call.
+            expectations = [
+                getattr(gx.expectations, cls)(**kwargs, description=readable, meta={"name": readable})
+                for cls, kwargs, readable in checks
+            ]
+            suite = context.suites.add(gx.ExpectationSuite(name=asset_name, expectations=expectations))
             definition = context.validation_definitions.add(
                 gx.ValidationDefinition(name=asset_name, data=batch, suite=suite)
             )

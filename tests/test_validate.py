@@ -131,28 +131,33 @@ def test_code_outside_vocabulary_fails_by_split_and_field(
     assert (validate.DATA_DOCS / "index.html").exists() and validate.RESULTS.exists()
 
 
-def test_row_count_mismatch_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def three_failures(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One run with three independent corruptions (GX runs are the slow part): the row count of valid,
+    the positive ratio of test, a list code of valid. The message must name all three."""
+
     def corrupt(splits: dict, encode: dict) -> None:
         encode["rows"]["valid"] = 11
-
-    message = failure_message(tmp_path, monkeypatch, corrupt)
-    assert "valid: row count equals encode's 11 (observed: 10)" in message
-
-
-def test_positive_ratio_out_of_tolerance_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def corrupt(splits: dict, encode: dict) -> None:
         splits["test"]["label"] = [1] * SIZES["test"]  # ratio 1.0 against train's 0.5
         encode["positive_ratio"]["test"] = 1.0
-
-    message = failure_message(tmp_path, monkeypatch, corrupt)
-    assert "test: positive ratio within train's 0.5000" in message and "observed: 1.0" in message
-    assert "valid: positive ratio" not in message
-
-
-def test_multi_valued_code_out_of_range_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def corrupt(splits: dict, encode: dict) -> None:
         splits["valid"]["tags"][3] = [4, 8]  # 8 == vocab_size
 
-    message = failure_message(tmp_path, monkeypatch, corrupt)
-    assert "valid: tags largest code per row within vocabulary [0, 8)" in message and "e.g. 8" in message
-    assert "tags smallest" not in message
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        message = failure_message(tmp_path_factory.mktemp("three"), monkeypatch, corrupt)
+    assert message.startswith(f"validation failed: 3 of {EXPECTED_CHECKS} expectations")
+    return message
+
+
+def test_row_count_mismatch_fails(three_failures: str) -> None:
+    assert "valid: row count equals encode's 11 (observed: 10)" in three_failures
+
+
+def test_positive_ratio_out_of_tolerance_fails(three_failures: str) -> None:
+    assert "test: positive ratio within train's 0.5000 ± 0.05 (observed: 1.0)" in three_failures
+    assert "valid: positive ratio" not in three_failures
+
+
+def test_multi_valued_code_out_of_range_fails(three_failures: str) -> None:
+    line = "valid: tags largest code per row within vocabulary [0, 8) (unexpected: 1 rows, e.g. 8)"
+    assert line in three_failures
+    assert "tags smallest" not in three_failures
