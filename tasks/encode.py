@@ -240,6 +240,7 @@ def run(params: Params) -> dict[str, Any]:
             {k: v for k, v in asdict(f).items() if v is not None}
             | {"vocab_size": vocab_sizes[f.name]}
             | ({"boundaries": boundaries[f.name]} if f.name in boundaries else {})
+            | {"oov_rate": {s: round(stats[s]["oov"][f.name] / max(stats[s]["rows"], 1), 6) for s in ("valid", "test")}}
             for f in fields
         ],
     }
@@ -250,11 +251,11 @@ def run(params: Params) -> dict[str, Any]:
         "rows": {s: stats[s]["rows"] for s in SPLITS},
         "positive_ratio": {s: stats[s]["positives"] / max(stats[s]["rows"], 1) for s in SPLITS},
         "num_fields": len(fields),
-        "vocab_sizes": vocab_sizes,
         "total_vocab": sum(vocab_sizes.values()),
-        "oov_rate": {s: {k: round(v / max(stats[s]["rows"], 1), 6) for k, v in stats[s]["oov"].items()}
+        "max_vocab": max(vocab_sizes.values()),
+        # share of (field, row) values that were unseen in train: per field in feature_map.json
+        "oov_rate": {s: round(sum(stats[s]["oov"].values()) / max(stats[s]["rows"] * len(fields), 1), 6)
                      for s in ("valid", "test")},
-        "split": params.encode.split.model_dump(),
     }
     write_json(METRICS / "encode.json", metrics)
     r = metrics["rows"]

@@ -300,9 +300,9 @@ def run(params: Params) -> dict[str, Any]:
             writer = writer or pq.ParquetWriter(ROWS, table.schema)
             writer.write_table(table)
     rows_rejected = sum(reasons.values())
+    files = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in paths]
     result: dict[str, Any] = {
         "dataset": params.dataset,
-        "files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in paths],
         "rows_in": totals["lines"],
         "rows_ok": totals["rows_ok"],
         "rows_rejected": rows_rejected,
@@ -332,7 +332,8 @@ def run(params: Params) -> dict[str, Any]:
         rows_out = totals["rows_ok"]
         schema = pl.read_parquet_schema(ROWS)
     result["rows_out"] = rows_out
-    result["columns"] = {name: str(dtype) for name, dtype in schema.items()}
+    # What was read and what came out, for people and for validate; metrics stay numeric for `dvc exp show`.
+    write_json(INTERIM / "manifest.json", {"files": files, "columns": {k: str(v) for k, v in schema.items()}})
     pl.concat(rejected).cast(REJECTED_SCHEMA).write_parquet(REJECTED)  # type: ignore[arg-type]
     write_json(METRICS / "ingest.json", result)
     print(f"ingest: {result['rows_in']:,} lines -> {rows_out:,} rows ({rows_rejected:,} rejected"

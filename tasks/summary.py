@@ -1,0 +1,43 @@
+"""summary: what each stage produced, printed at the end of `make run` (reads the metrics files only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tasks.common import FEATURE_MAP, METRICS
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def render() -> str:
+    lines = ["", "=== AIM pipeline summary ==="]
+    ingest = _load(METRICS / "ingest.json")
+    if ingest:
+        lines.append(f"ingest    dataset {ingest['dataset']}: {ingest['rows_in']:,} lines in, {ingest['rows_ok']:,} ok, "
+                     f"{ingest['rows_rejected']:,} rejected -> {ingest['rows_out']:,} rows")
+        for reason, n in ingest["rejected_by_reason"].items():
+            lines.append(f"            rejected {n:>7,}  {reason}")
+        if ingest.get("negatives_sampled"):
+            lines.append(f"            sampled {ingest['negatives_sampled']:,} negatives (implicit feedback)")
+    encode, fmap = _load(METRICS / "encode.json"), _load(FEATURE_MAP)
+    if encode and fmap:
+        r, p = encode["rows"], encode["positive_ratio"]
+        lines.append(f"encode    {encode['num_fields']} fields, {encode['total_vocab']:,} codes (largest field "
+                     f"{encode['max_vocab']:,}); train {r['train']:,} / valid {r['valid']:,} / test {r['test']:,}")
+        lines.append(f"            click rate train {p['train']:.4f} valid {p['valid']:.4f} test {p['test']:.4f}; "
+                     f"out-of-vocabulary valid {encode['oov_rate']['valid']:.2%} test {encode['oov_rate']['test']:.2%}")
+        sizes = ", ".join(f"{f['name']} {f['vocab_size']:,}" for f in fmap["fields"])
+        lines.append(f"            vocab sizes: {sizes}")
+    validate = _load(METRICS / "validate.json")
+    if validate:
+        verdict = "PASSED" if validate["success"] else "FAILED"
+        lines.append(f"validate  {verdict}: {validate['evaluated'] - validate['failed']}/{validate['evaluated']} "
+                     f"expectations (report: reports/validation/data_docs/index.html)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render())

@@ -1,0 +1,67 @@
+"""The pipeline as a user drives it: `dvc repro` in a fresh clone, then again, then with a changed param."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, SHARED_DATA, needs_shared
+
+
+def sh(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
+               GX_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout + done.stderr
+
+
+def ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git clone of the working tree's tracked files, with a tiny synthetic log."""
+    repo = tmp_path_factory.mktemp("clone")
+    files = sh(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("tests/", "bench/")):
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            (repo / f).write_bytes((ROOT / f).read_bytes())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["generate"]["rows"] = 3000
+    for spec in params["datasets"].values():  # the clone lives elsewhere: point presets at ../shared for real
+        spec["paths"] = [p.replace("../shared/data", str(SHARED_DATA)) for p in spec["paths"]]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        sh(cmd, repo)
+    return repo
+
+
+def test_repro_then_nothing_then_only_downstream(clone: Path) -> None:
+    first = sh(["dvc", "repro"], clone)
+    assert ran(first) == ["generate", "ingest", "encode", "validate"]
+    for out in ("data/encoded/train.parquet", "data/encoded/feature_map.json", "metrics/validate.json",
+                "reports/validation/data_docs/index.html", "dvc.lock"):
+        assert (clone / out).exists(), out
+    assert ran(sh(["dvc", "repro"], clone)) == []  # nothing changed: nothing runs
+
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["encode"]["min_count"] = 3
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(sh(["dvc", "repro"], clone)) == ["encode", "validate"]
+
+
+@needs_shared
+def test_exp_run_switches_dataset(clone: Path) -> None:
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "min_count 3"], clone)
+    out = sh(["dvc", "exp", "run", "-S", "dataset=criteo"], clone)
+    assert ran(out) == ["ingest", "encode", "validate"]  # generate's params did not change
+    metrics = yaml.safe_load((clone / "metrics/ingest.json").read_text())
+    assert metrics["dataset"] == "criteo" and metrics["rows_ok"] == 8000

@@ -1,0 +1,77 @@
+"""encode: split before fitting, no leakage, reserved codes, determinism down to the bytes."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import polars as pl
+
+from tasks import encode, ingest
+from tasks.common import FEATURE_MAP, MISSING, OOV, split_path
+from tests.conftest import tiny_params
+
+COLUMNS = {"label": {"kind": "label", "positive": ["1"], "negative": ["0"]}, "I1": {"kind": "numeric",
+           "bucketing": "criteo_log"}, "C1": "categorical", "M": {"kind": "multi_valued", "max_length": 2}}
+
+
+def write_log(path: Path, n: int = 2000) -> None:
+    rows = [f"{i % 3 == 0:d}\t{i % 50}\tc{i % 7}\tm{i % 5}|m{i % 4}|m{i % 3}" for i in range(n)]
+    rows[5] = "1\t\t\t"  # missing numeric, categorical and an empty list
+    path.write_text("\n".join(rows) + "\n")
+
+
+def run_both(params) -> None:
+    ingest.run(params)
+    encode.run(params)
+
+
+def test_category_seen_only_in_test_is_out_of_vocabulary(workdir: Path) -> None:
+    write_log(workdir / "log.tsv")
+    split = {"method": "time", "column": "T", "fractions": [0.8, 0.1, 0.1]}
+    cols = {**COLUMNS, "T": {"kind": "timestamp", "time_format": "unix", "derive": ["hour"]}}
+    rows = [f"0\t1\tc{i % 5}\tm1\t{1_600_000_000 + i * 60}" for i in range(1000)]
+    rows[-1] = "1\t1\tonly_in_test\tnew_token\t1700000000"  # the latest row: lands in test
+    (workdir / "log.tsv").write_text("\n".join(rows) + "\n")
+    params = tiny_params(cols, workdir / "log.tsv", encode={"split": split, "min_count": 1})
+    run_both(params)
+    test = pl.read_parquet(split_path("test"))
+    assert test["C1"][-1] == OOV and test["M"][-1].to_list() == [OOV]
+    vocab = pl.read_parquet("data/encoded/vocab.parquet")
+    assert "only_in_test" not in vocab["token"].to_list()  # fitted on train only
+    train = pl.read_parquet(split_path("train"))
+    assert (train["C1"] != OOV).all()  # min_count 1: every train value is in vocabulary
+
+
+def test_codes_within_vocabulary_and_reserved_codes(workdir: Path) -> None:
+    write_log(workdir / "log.tsv")
+    run_both(tiny_params(COLUMNS, workdir / "log.tsv"))
+    fmap = json.loads(FEATURE_MAP.read_text())
+    sizes = {f["name"]: f["vocab_size"] for f in fmap["fields"]}
+    assert [f["kind"] for f in fmap["fields"]] == ["numeric", "categorical", "multi_valued"]
+    frames = [pl.read_parquet(split_path(s)) for s in ("train", "valid", "test")]
+    assert sum(f.height for f in frames) == 2000 and [f.height for f in frames] == [1600, 200, 200]
+    everything = pl.concat(frames)
+    for name, size in sizes.items():
+        col = everything[name].explode() if name == "M" else everything[name]
+        assert col.min() >= 0 and col.max() < size
+        assert everything.schema[name] in (pl.Int32, pl.List(pl.Int32))
+    assert everything["M"].list.len().max() == 2  # truncated at max_length
+    row5 = everything.filter(pl.col("I1") == MISSING)
+    assert row5.height == 1 and row5["C1"][0] == MISSING and row5["M"][0].to_list() == []
+    # criteo_log buckets: 0..2 stay themselves, larger values share buckets floor(ln(x)^2)
+    i1 = sorted(encode.decode(everything["I1"].unique().to_list(), "I1"), key=lambda t: (t is None, t))
+    assert "17" not in i1 and str(int(__import__("math").log(49) ** 2)) in i1
+
+
+def test_same_seed_same_bytes_other_seed_other_split(workdir: Path) -> None:
+    write_log(workdir / "log.tsv")
+
+    def digest() -> dict[str, str]:
+        return {s: hashlib.sha256(split_path(s).read_bytes()).hexdigest() for s in ("train", "valid", "test")}
+
+    run_both(tiny_params(COLUMNS, workdir / "log.tsv", seed=1))
+    first = digest()
+    run_both(tiny_params(COLUMNS, workdir / "log.tsv", seed=1))
+    assert digest() == first
+    run_both(tiny_params(COLUMNS, workdir / "log.tsv", seed=2))
+    assert digest()["test"] != first["test"]

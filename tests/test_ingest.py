@@ -1,0 +1,94 @@
+"""Bad input: every kind of unusable line is kept aside with its reason; bad files stop with a clear message."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tasks import ingest
+from tasks.common import REJECTED, ROWS, StageError
+from tests.conftest import tiny_params
+
+COLUMNS = {"label": {"kind": "label", "positive": ["1"], "negative": ["0"]}, "I1": "numeric",
+           "C1": "categorical", "T": {"kind": "timestamp", "time_format": "%y%m%d%H"},
+           "M": {"kind": "multi_valued", "separator": "|"}}
+
+
+def test_each_bad_line_gets_its_reason(workdir: Path) -> None:
+    good = "1\t3\ta\t14102100\tx|y"
+    lines = [
+        good.encode(),                                # 1 ok
+        b"0\t\t\t14102101\t",                          # 2 ok: empty fields are missing values
+        b"1\t3\ta\t14102100",                          # 3 wrong column count (4 of 5)
+        b"1\tthree\ta\t14102100\tx",                   # 4 non-numeric I1
+        b"7\t3\ta\t14102100\tx",                       # 5 label outside mapping
+        b"1\t3\t\xff\xfeb\t14102100\tx",               # 6 undecodable bytes
+        b"",                                           # 7 empty line
+        b"1\t3\ta\t2014-10-21\tx",                     # 8 unparseable timestamp
+        b"0\t4.5\tb\t14102102\tz\r",                   # 9 ok: CRLF line ending
+    ]
+    path = workdir / "log.tsv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    m = ingest.run(tiny_params(COLUMNS, path))
+
+    assert m["rows_in"] == 9 == m["rows_ok"] + m["rows_rejected"]
+    assert m["rows_ok"] == 3
+    rejected = pl.read_parquet(REJECTED).sort("line")
+    assert dict(zip(rejected["line"], rejected["reason"], strict=True)) == {
+        3: "wrong column count", 4: "non-numeric value in I1", 5: "label outside mapping",
+        6: "undecodable bytes", 7: "empty line", 8: "unparseable timestamp in T"}
+    assert m["rejected_by_reason"]["wrong column count"] == 1
+    assert rejected.filter(pl.col("line") == 3)["detail"][0] == "4 fields, expected 5"
+    assert rejected.filter(pl.col("line") == 6)["raw"][0] == "1\t3\t\\xff\\xfeb\t14102100\tx"  # bytes kept, escaped
+    assert rejected["file"].unique().to_list() == [str(path)]
+    rows = pl.read_parquet(ROWS)
+    assert rows["label"].to_list() == [1, 0, 0]
+    assert rows["I1"].to_list() == [3.0, None, 4.5] and rows["C1"].to_list() == ["a", None, "b"]
+    assert rows["M"].to_list() == [["x", "y"], [], ["z"]]
+    assert rows["T"].dt.hour().to_list() == [0, 1, 2]
+
+
+def test_line_numbers_are_exact_across_blocks(workdir: Path) -> None:
+    path = workdir / "big.tsv"
+    body = ["1\t1\ta\t14102100\tx"] * 5000
+    body[4321] = "1\tbad\ta\t14102100\tx"
+    path.write_text("\n".join(body))  # no newline at the end: the last line still counts
+    params = tiny_params(COLUMNS, path)
+    m = ingest.run(params.model_copy(update={"ingest": params.ingest.model_copy(update={"block_mb": 1})}))
+    assert m["rows_in"] == 5000 and m["rows_ok"] == 4999
+    assert pl.read_parquet(REJECTED)["line"].to_list() == [4322]
+
+
+def test_header_mismatch_stops_with_file_and_column(workdir: Path) -> None:
+    path = workdir / "h.csv"
+    path.write_text("label,I1,C_one,T,M\n1,2,a,14102100,x\n")
+    with pytest.raises(StageError) as err:
+        ingest.run(tiny_params(COLUMNS, path, format="csv", spec={"header": True}))
+    assert str(path) in str(err.value) and "column 3" in str(err.value) and "'C1'" in str(err.value)
+
+
+def test_missing_and_empty_files_stop(workdir: Path) -> None:
+    with pytest.raises(StageError, match=r"nope\.tsv: input file not found"):
+        ingest.run(tiny_params(COLUMNS, workdir / "nope.tsv"))
+    (workdir / "empty.tsv").write_bytes(b"")
+    with pytest.raises(StageError, match=r"empty\.tsv: input file is empty"):
+        ingest.run(tiny_params(COLUMNS, workdir / "empty.tsv"))
+
+
+def test_all_lines_rejected_stops(workdir: Path) -> None:
+    (workdir / "bad.tsv").write_text("x\ny\n")
+    with pytest.raises(StageError, match="no usable rows.*all 2 lines rejected"):
+        ingest.run(tiny_params(COLUMNS, workdir / "bad.tsv"))
+
+
+def test_label_threshold_and_libfm(workdir: Path) -> None:
+    path = workdir / "r.tsv"
+    path.write_text("5\ta\n3\tb\n4\tc\nfive\td\n")
+    m = ingest.run(tiny_params({"rating": {"kind": "label", "threshold": 4}, "C1": "categorical"}, path))
+    assert pl.read_parquet(ROWS)["label"].to_list() == [1, 0, 1] and m["rows_rejected"] == 1
+    path = workdir / "f.libfm"
+    path.write_text("1 3:1 10:1\n-1 4:1 11:1\n1 5:1\n1 6 12:1\n")
+    m = ingest.run(tiny_params({"label": {"kind": "label", "positive": ["1"], "negative": ["-1"]},
+                                "f0": "categorical", "f1": "categorical"}, path, format="libfm"))
+    assert pl.read_parquet(ROWS).select("f0", "f1").rows() == [("3", "10"), ("4", "11")]
+    assert m["rejected_by_reason"] == {"libfm token without ':'": 1, "wrong column count": 1}
