@@ -19,7 +19,7 @@ FIELDS = [
     {"name": "I1", "kind": "numeric", "vocab_size": 6},
     {"name": "tags", "kind": "multi_valued", "vocab_size": 8},
 ]
-SIZES = {"train": 20, "valid": 10, "test": 10}
+SIZES = {"train": 200, "valid": 100, "test": 200}
 # interim: 4 checks; each split: 4 (label, rows, ratio) + 2 per single-valued field + 3 for the list field
 EXPECTED_CHECKS = 4 + 3 * (4 + 2 + 2 + 3)
 
@@ -137,7 +137,7 @@ def three_failures(tmp_path_factory: pytest.TempPathFactory) -> str:
     the positive ratio of test, a list code of valid. The message must name all three."""
 
     def corrupt(splits: dict, encode: dict) -> None:
-        encode["rows"]["valid"] = 11
+        encode["rows"]["valid"] = SIZES["valid"] + 1
         splits["test"]["label"] = [1] * SIZES["test"]  # ratio 1.0 against train's 0.5
         encode["positive_ratio"]["test"] = 1.0
         splits["valid"]["tags"][3] = [4, 8]  # 8 == vocab_size
@@ -149,11 +149,11 @@ def three_failures(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_row_count_mismatch_fails(three_failures: str) -> None:
-    assert "valid: row count equals encode's 11 (observed: 10)" in three_failures
+    assert "valid: row count equals encode's 101 (observed: 100)" in three_failures
 
 
 def test_positive_ratio_out_of_tolerance_fails(three_failures: str) -> None:
-    assert "test: positive ratio within train's 0.5000 ± 0.05 (observed: 1.0)" in three_failures
+    assert "test: positive ratio within train's 0.5000 ± 0.1914 (observed: 1.0)" in three_failures
     assert "valid: positive ratio" not in three_failures
 
 
