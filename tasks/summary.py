@@ -16,8 +16,8 @@ def render() -> str:
     lines = ["", "=== AIM pipeline summary ==="]
     ingest = _load(METRICS / "ingest.json")
     if ingest:
-        lines.append(f"ingest    dataset {ingest['dataset']}: {ingest['rows_in']:,} lines in, {ingest['rows_ok']:,} ok, "
-                     f"{ingest['rows_rejected']:,} rejected -> {ingest['rows_out']:,} rows")
+        lines.append(f"ingest    dataset {ingest['dataset']}: {ingest['rows_in']:,} lines in, "
+                     f"{ingest['rows_ok']:,} ok, {ingest['rows_rejected']:,} rejected -> {ingest['rows_out']:,} rows")
         for reason, n in ingest["rejected_by_reason"].items():
             lines.append(f"            rejected {n:>7,}  {reason}")
         if ingest.get("negatives_sampled"):

@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from tasks.config import ConfigError, load_params, parse_params
-
 from tests.conftest import ROOT
 
 MINIMAL = {"dataset": "t", "datasets": {"t": {"paths": ["x.tsv"], "format": "tsv",

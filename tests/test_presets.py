@@ -69,7 +69,7 @@ def test_frappe_libfm(workdir: Path) -> None:
 
 def test_movielens_100k_with_multi_hot_genres(workdir: Path) -> None:
     m, rows = ingest_preset("movielens_100k")
-    assert m["rows_ok"] == 100_000 and m["joins"][str((SHARED_DATA / "movielens/ml-100k/u.user"))]["unmatched_rows"] == 0
+    assert m["rows_ok"] == 100_000 and m["joins"][str(SHARED_DATA / "movielens/ml-100k/u.user")]["unmatched_rows"] == 0
     assert rows[LABEL].mean() == pytest.approx(0.5537, abs=1e-4)  # rating >= 4 share (SOURCE.md)
     assert rows.schema["genres"] == pl.List(pl.String)
     assert rows["genres"].list.len().min() >= 1 and rows["genres"].list.len().max() <= 6
