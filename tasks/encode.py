@@ -2,14 +2,17 @@
 
 Order matters, to keep test data out of every fitted statistic:
   1. split first (a seeded permutation cut at the fractions, or by time),
-  2. fit on train only: vocabularies (DuckDB group-by counts, values under ``min_count`` -> out-of-
+  2. fit on train only: vocabularies (train counts per value; values under ``min_count`` -> out-of-
      vocabulary) and quantile boundaries,
   3. map every split with the train vocabularies; values never seen in train become out-of-vocabulary.
 
 Each field's codes: 0 padding (multi-valued lists only), 1 out-of-vocabulary, 2 missing, 3.. the
-train values by descending frequency (ties by value, so the same data always gives the same codes).
+train values by descending frequency (ties in order of first appearance, so the same data always
+gives the same codes).
 
-Work is done in batches of rows through a temporary token file, so memory stays flat on large logs.
+Work is done one field at a time: the column is read from Parquet, dictionary-encoded once in Arrow
+(C++ hashing), counted with a bincount over the dictionary indices and mapped through a lookup table.
+Only int32 codes are held for the whole table, so memory stays low on large logs.
 Outputs: data/encoded/{train,valid,test}.parquet, feature_map.json, vocab.parquet; metrics/encode.json.
 """
 
@@ -19,10 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from tasks.common import (
     ENCODED,
@@ -37,14 +42,12 @@ from tasks.common import (
     SPLITS,
     VOCAB,
     StageError,
+    progress_enabled,
     split_path,
     stage_main,
     write_json,
 )
 from tasks.config import DatasetSpec, Params
-
-BATCH_ROWS = 1 << 20
-TOKENS = ENCODED / ".tokens.parquet"  # temporary: split id + one token column per field
 
 
 @dataclass(frozen=True)
@@ -84,26 +87,6 @@ def plan_fields(spec: DatasetSpec) -> list[Field]:
     return fields
 
 
-def token_expr(f: Field) -> pl.Expr:
-    """The value a field's vocabulary is built over (quantile fields stay numeric until boundaries exist)."""
-    x = pl.col(f.source)
-    if f.kind == "numeric" and f.bucketing == "criteo_log":
-        # Criteo winners' rule: floor(ln(x)^2) for x > 2, else the integer itself (int() truncates).
-        bucket = pl.when(x > 2).then((x.log() ** 2).floor()).otherwise(x).cast(pl.Int64)
-        return bucket.cast(pl.String).alias(f.name)
-    if f.kind == "numeric" and f.bucketing == "identity":
-        return x.cast(pl.String).alias(f.name)
-    if f.kind == "numeric":  # quantile: bucketed at mapping time
-        return x.alias(f.name)
-    if f.derive:
-        part = {"hour": x.dt.hour(), "weekday": x.dt.weekday(), "weekend": x.dt.weekday() >= 6,
-                "day": x.dt.day(), "month": x.dt.month()}[f.derive]
-        return part.cast(pl.String).alias(f.name)
-    if f.kind == "multi_valued":
-        return x.list.head(f.max_length).alias(f.name)
-    return x.alias(f.name)
-
-
 def assign_splits(n: int, params: Params) -> np.ndarray:
     """Split id per row (0 train, 1 valid, 2 test), exact fractions, seeded."""
     cfg = params.encode.split
@@ -123,93 +106,85 @@ def assign_splits(n: int, params: Params) -> np.ndarray:
     return split
 
 
-def write_tokens(fields: list[Field], split: np.ndarray) -> None:
-    """Pass 1: tokens of every row with its split id, batch by batch, to a temporary Parquet file."""
-    writer, start = None, 0
-    for batch in pq.ParquetFile(ROWS).iter_batches(batch_size=BATCH_ROWS):
-        df = pl.from_arrow(batch)
-        assert isinstance(df, pl.DataFrame)
-        tokens = df.select(pl.lit(split[start : start + df.height]).alias("_split"), pl.col(LABEL),
-                           *[token_expr(f) for f in fields])
-        start += df.height
-        table = tokens.to_arrow()
-        writer = writer or pq.ParquetWriter(TOKENS, table.schema)
-        writer.write_table(table)
-    if writer:
-        writer.close()
-
-
-def fit_vocabularies(fields: list[Field], min_count: int) -> tuple[dict[str, pl.DataFrame], dict[str, list]]:
-    """Fit on train rows only (DuckDB reads the token file column by column, in parallel).
-
-    Returns per field a frame (token, count, code) and, for quantile fields, the bucket boundaries.
-    """
-    con = duckdb.connect()
-    src = f"read_parquet('{TOKENS.as_posix()}') WHERE _split = 0"
-    vocabs: dict[str, pl.DataFrame] = {}
-    boundaries: dict[str, list] = {}
-    for f in fields:
-        col = f'"{f.name}"'
-        if f.kind == "numeric" and f.bucketing == "quantile":
-            qs = [i / f.buckets for i in range(1, f.buckets)]
-            row = con.sql(f"SELECT quantile_cont({col}, {qs}) FROM {src}").fetchall()[0]
-            cuts = sorted({float(q) for q in (row[0] if row and row[0] else [])})
-            boundaries[f.name] = cuts
-            vocab = pl.DataFrame({"token": [str(i) for i in range(len(cuts) + 1)]})
-            counts = pl.DataFrame({"token": vocab["token"], "count": [0] * vocab.height})
-            vocabs[f.name] = counts.with_columns(code=pl.int_range(FIRST_CODE, FIRST_CODE + pl.len(), dtype=pl.Int32))
-            continue
-        values = f"unnest({col})" if f.kind == "multi_valued" else col
-        rel = con.sql(
-            f"SELECT token, count(*) AS count FROM (SELECT {values} AS token FROM {src}) "
-            f"WHERE token IS NOT NULL GROUP BY token HAVING count(*) >= {min_count} ORDER BY count DESC, token"
-        ).pl()
-        vocabs[f.name] = rel.with_columns(
-            pl.col("token").cast(pl.String), pl.col("count").cast(pl.Int64),
-            code=pl.int_range(FIRST_CODE, FIRST_CODE + pl.len(), dtype=pl.Int32))
-    return vocabs, boundaries
-
-
-def code_expr(f: Field, vocab: pl.DataFrame, cuts: list[float] | None) -> pl.Expr:
-    """Token -> int32 code: unseen -> OOV, null -> MISSING; multi-valued lists element-wise."""
-    x = pl.col(f.name)
-    if cuts is not None:  # quantile bucket = number of boundaries below the value
-        bucket = pl.sum_horizontal([(x > c).cast(pl.Int32) for c in cuts]) if cuts else pl.lit(0, pl.Int32)
-        return pl.when(x.is_null()).then(MISSING).otherwise(bucket + FIRST_CODE).cast(pl.Int32).alias(f.name)
-    mapping = dict(zip(vocab["token"].to_list(), vocab["code"].to_list(), strict=True))
+def field_tokens(f: Field, column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray | None]:
+    """The values a field's vocabulary is built over, for every row (multi-valued: flattened, with the
+    number of tokens per row; a null list gets -1)."""
     if f.kind == "multi_valued":
-        inner = pl.element().replace_strict(mapping, default=OOV, return_dtype=pl.Int32)
-        return (pl.when(x.is_null()).then(pl.lit([MISSING], pl.List(pl.Int32)))
-                .otherwise(x.list.eval(inner)).cast(pl.List(pl.Int32)).alias(f.name))
-    coded = x.replace_strict(mapping, default=OOV, return_dtype=pl.Int32)
-    return pl.when(x.is_null()).then(pl.lit(MISSING, pl.Int32)).otherwise(coded).alias(f.name)
+        lists = pc.list_slice(column.combine_chunks(), 0, f.max_length)
+        lengths = pc.list_value_length(lists).fill_null(-1).to_numpy()
+        return pc.list_flatten(lists), lengths
+    if f.kind == "numeric" and f.bucketing != "quantile":
+        x = column.to_numpy()  # float64, NaN where missing
+        if f.bucketing == "criteo_log":  # floor(ln(x)^2) for x > 2, else the integer itself (int() truncates)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                x = np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 1.0)) ** 2), np.trunc(x))
+        return pa.array(x, mask=np.isnan(x)).cast(pa.int64()), None
+    if f.derive:
+        ts = pl.from_arrow(column)
+        assert isinstance(ts, pl.Series)
+        part = {"hour": ts.dt.hour(), "weekday": ts.dt.weekday(), "weekend": ts.dt.weekday() >= 6,
+                "day": ts.dt.day(), "month": ts.dt.month()}[f.derive]
+        return part.cast(pl.Int64).to_arrow(), None
+    return column.combine_chunks(), None
 
 
-def write_splits(fields: list[Field], vocabs: dict[str, pl.DataFrame], boundaries: dict[str, list],
-                 ) -> dict[str, dict[str, Any]]:
-    """Pass 2: map tokens to codes and append each row to its split's Parquet file."""
-    exprs = [code_expr(f, vocabs[f.name], boundaries.get(f.name)) for f in fields]
-    writers: dict[int, pq.ParquetWriter] = {}
-    stats = {s: {"rows": 0, "positives": 0, "oov": dict.fromkeys((f.name for f in fields), 0)} for s in SPLITS}
-    for batch in pq.ParquetFile(TOKENS).iter_batches(batch_size=BATCH_ROWS):
-        df = pl.from_arrow(batch)
-        assert isinstance(df, pl.DataFrame)
-        coded = df.select(pl.col("_split"), pl.col(LABEL), *exprs)
-        for split_id, name in enumerate(SPLITS):
-            part = coded.filter(pl.col("_split") == split_id).drop("_split")
-            s = stats[name]
-            s["rows"] += part.height
-            s["positives"] += int(part[LABEL].sum())
-            for f in fields:
-                col = part[f.name]
-                s["oov"][f.name] += int((col.explode() if f.kind == "multi_valued" else col).eq(OOV).sum())
-            table = part.to_arrow()
-            if split_id not in writers:
-                writers[split_id] = pq.ParquetWriter(split_path(name), table.schema)
-            writers[split_id].write_table(table)
-    for w in writers.values():
-        w.close()
-    return stats
+def encode_field(f: Field, column: pa.ChunkedArray, split: np.ndarray, min_count: int,
+                 ) -> tuple[np.ndarray | pa.Array, pl.DataFrame, list[float] | None]:
+    """One field: fit its vocabulary on train rows, then code every row.
+
+    Returns (codes: int32 per row, or a List(Int32) array), the vocabulary (token, count, code) and, for
+    quantile fields, the bucket boundaries. Values are dictionary-encoded once in Arrow's C++ hash table;
+    counting is a bincount over the dictionary indices and mapping is a lookup table: no string is
+    touched per row after that.
+    """
+    if f.kind == "numeric" and f.bucketing == "quantile":
+        x = column.to_numpy()
+        train = x[(split == 0) & ~np.isnan(x)]
+        qs = np.arange(1, f.buckets) / f.buckets
+        cuts = np.unique(np.quantile(train, qs)).tolist() if train.size else []
+        bucket = np.searchsorted(np.asarray(cuts), x, side="left")  # = number of boundaries below the value
+        codes = np.where(np.isnan(x), MISSING, FIRST_CODE + bucket).astype(np.int32)
+        counts = np.bincount(bucket[(split == 0) & ~np.isnan(x)], minlength=len(cuts) + 1)
+        vocab = pl.DataFrame({"token": [str(i) for i in range(len(cuts) + 1)], "count": counts.astype(np.int64),
+                              "code": np.arange(FIRST_CODE, FIRST_CODE + len(cuts) + 1, dtype=np.int32)})
+        return codes, vocab, cuts
+
+    tokens, lengths = field_tokens(f, column)
+    encoded = tokens.dictionary_encode()
+    idx = encoded.indices.fill_null(-1).to_numpy().astype(np.int64)
+    in_train = split == 0
+    if lengths is not None:  # each token belongs to the row it came from
+        in_train = np.repeat(in_train, np.maximum(lengths, 0))
+    counts = np.bincount(idx[in_train & (idx >= 0)], minlength=len(encoded.dictionary))
+    # Most frequent first; ties keep first-appearance order, so the same data always gives the same codes.
+    order = np.argsort(-counts, kind="stable")
+    kept = order[counts[order] >= min_count]
+    lut = np.full(len(counts) + 1, OOV, np.int32)  # the extra last slot is for idx == -1
+    lut[kept] = np.arange(FIRST_CODE, FIRST_CODE + len(kept), dtype=np.int32)
+    lut[-1] = MISSING
+    codes = lut[idx]
+    vocab = pl.DataFrame({"token": pc.cast(encoded.dictionary.take(pa.array(kept)), pa.string()),
+                          "count": counts[kept].astype(np.int64),
+                          "code": np.arange(FIRST_CODE, FIRST_CODE + len(kept), dtype=np.int32)})
+    if lengths is None:
+        return codes, vocab, None
+    # Rebuild the lists; a null list becomes [MISSING], an empty one stays empty (all padding).
+    out_lengths = np.where(lengths < 0, 1, lengths)
+    offsets = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(out_lengths, out=offsets[1:])
+    flat = np.full(offsets[-1], MISSING, np.int32)
+    src_starts = np.zeros(len(lengths), np.int64)
+    np.cumsum(np.maximum(lengths, 0)[:-1], out=src_starts[1:])
+    shift = np.repeat(offsets[:-1] - src_starts, np.maximum(lengths, 0))
+    flat[np.arange(len(codes)) + shift] = codes
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)), vocab, None
+
+
+def _oov_by_split(codes: np.ndarray | pa.Array, split: np.ndarray) -> np.ndarray:
+    if isinstance(codes, pa.ListArray):
+        lengths = pc.list_value_length(codes).to_numpy()
+        split, codes = np.repeat(split, lengths), pc.list_flatten(codes).to_numpy()
+    return np.bincount(split[codes == OOV], minlength=3)
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -221,12 +196,27 @@ def run(params: Params) -> dict[str, Any]:
         raise StageError(f"params.yaml: dataset {params.dataset!r} has no feature columns (all label/drop)")
     n = pq.ParquetFile(ROWS).metadata.num_rows
     split = assign_splits(n, params)
-    try:
-        write_tokens(fields, split)
-        vocabs, boundaries = fit_vocabularies(fields, params.encode.min_count)
-        stats = write_splits(fields, vocabs, boundaries)
-    finally:
-        TOKENS.unlink(missing_ok=True)
+    rows_file = pq.ParquetFile(ROWS)
+    label = rows_file.read(columns=[LABEL]).column(LABEL).to_numpy()
+    coded: dict[str, np.ndarray | pa.Array] = {}
+    vocabs: dict[str, pl.DataFrame] = {}
+    boundaries: dict[str, list[float]] = {}
+    oov: dict[str, np.ndarray] = {}
+    for f in tqdm(fields, desc="encode", unit="field", disable=not progress_enabled()):
+        column = rows_file.read(columns=[f.source]).column(f.source)  # one column at a time: memory stays low
+        coded[f.name], vocabs[f.name], cuts = encode_field(f, column, split, params.encode.min_count)
+        if cuts is not None:
+            boundaries[f.name] = cuts
+        oov[f.name] = _oov_by_split(coded[f.name], split)
+
+    stats: dict[str, dict[str, Any]] = {}
+    for split_id, name in enumerate(SPLITS):
+        rows = np.flatnonzero(split == split_id)  # ascending: each split keeps the log's row order
+        table = pa.table({LABEL: label[rows], **{
+            k: (v.take(pa.array(rows)) if isinstance(v, pa.Array) else v[rows]) for k, v in coded.items()}})
+        pq.write_table(table, split_path(name))
+        stats[name] = {"rows": len(rows), "positives": int(label[rows].sum()),
+                       "oov": {k: int(v[split_id]) for k, v in oov.items()}}
 
     vocab_sizes = {f.name: FIRST_CODE + vocabs[f.name].height for f in fields}
     feature_map = {

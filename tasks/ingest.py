@@ -24,8 +24,19 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
-from tasks.common import INTERIM, LABEL, METRICS, REJECTED, ROWS, StageError, stage_main, write_json
+from tasks.common import (
+    INTERIM,
+    LABEL,
+    METRICS,
+    REJECTED,
+    ROWS,
+    StageError,
+    progress_enabled,
+    stage_main,
+    write_json,
+)
 from tasks.config import ColumnSpec, DatasetSpec, JoinSpec, Params
 
 REJECTED_SCHEMA = {"file": pl.String, "line": pl.Int64, "reason": pl.String, "detail": pl.String,
@@ -158,6 +169,14 @@ def parse_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, l
         checks.append((pl.col("_no_colon"), "libfm token without ':'", pl.lit("every feature token is idx:value")))
         df = df.with_columns(pl.col(c).str.split_exact(":", 1).struct.field("field_0").alias(c)
                              for c in feature_cols)
+    return type_fields(df, columns, checks, pl.col("line"))
+
+
+def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[tuple[pl.Expr, str, pl.Expr]],
+                raw: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Type the raw string columns of ``df`` (one per declared column, plus ``_line``); a row failing any
+    check (the given ones first, then the columns' own) is rejected with the first reason and ``raw``."""
+    checks = list(checks)
     outputs: list[pl.Expr] = []
     for name, spec in columns.items():
         exprs, column_checks = _typed(name, spec)
@@ -171,14 +190,62 @@ def parse_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, l
         outputs.append(pl.concat_list([pl.when(pl.col(f) == "1").then(pl.lit(f)) for f in flags])
                        .list.drop_nulls().alias(field))
 
-    reason = pl.coalesce([pl.when(cond).then(pl.lit(r)) for cond, r, _ in checks])
-    detail = pl.coalesce([pl.when(cond).then(d) for cond, _, d in checks])
+    none = pl.lit(None, pl.String)  # a table with nothing to check (all categorical, no label) rejects nothing
+    reason = pl.coalesce([none] + [pl.when(cond).then(pl.lit(r)) for cond, r, _ in checks])
+    detail = pl.coalesce([none] + [pl.when(cond).then(d) for cond, _, d in checks])
     df = df.with_columns(_reason=reason, _detail=detail)
     bad = df["_reason"].is_not_null()
     rejected = df.filter(bad).select(pl.col("_line").alias("line"), pl.col("_reason").alias("reason"),
-                                     pl.col("_detail").alias("detail"), pl.col("line").alias("raw"))
+                                     pl.col("_detail").alias("detail"), raw.alias("raw"))
     rows = df.filter(~bad).select(pl.col("_line"), *outputs)
     return rows, rejected
+
+
+def parse_block_fast(block: bytes, first_line: int, columns: dict[str, ColumnSpec], sep: str,
+                     ) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    """The common case at full speed: a valid UTF-8 block, LF line ends, a one-byte separator.
+
+    Lines of the wrong shape are set aside by a vectorised separator count; the rest go to Polars' native
+    multi-threaded CSV reader as they are. Returns None when the block needs the general path.
+    """
+    if len(sep.encode()) != 1 or b"\r" in block:
+        return None
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    arr = np.frombuffer(block, np.uint8)
+    ends = np.flatnonzero(arr == 10)
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    n = len(columns)
+    seps = np.flatnonzero(arr == ord(sep))  # separators per line = how many separator positions fall inside it
+    n_fields = np.searchsorted(seps, ends) - np.searchsorted(seps, starts) + 1
+    n_fields[starts == ends] = 0  # an empty line
+    good = n_fields == n
+    line_numbers = np.arange(first_line, first_line + len(ends), dtype=np.int64)
+    shape_rejected = pl.DataFrame(schema={"line": pl.Int64, "reason": pl.String, "detail": pl.String,
+                                          "raw": pl.String})
+    if not good.all():
+        bad = np.flatnonzero(~good)
+        raw = [block[starts[i]:ends[i]].decode() for i in bad]
+        shape_rejected = pl.DataFrame({
+            "line": line_numbers[bad],
+            "reason": ["empty line" if not r.strip() else "wrong column count" for r in raw],
+            "detail": ["" if not r.strip() else f"{k} fields, expected {n}" for r, k in zip(raw, n_fields[bad],
+                                                                                            strict=True)],
+            "raw": raw}, schema=shape_rejected.schema)
+        keep = np.repeat(good, ends - starts + 1)  # byte mask: whole good lines, newline included
+        block = arr[keep].tobytes()
+    if not good.any():
+        return pl.DataFrame({"_line": []}, schema={"_line": pl.Int64}), shape_rejected
+    names = list(columns)
+    df = pl.read_csv(block, separator=sep, has_header=False, quote_char=None, empty_string_is_null=False,
+                     schema=dict.fromkeys(names, pl.String))
+    df = df.with_columns(_line=pl.Series(line_numbers[good]))
+    raw = pl.concat_str([pl.col(c) for c in names], separator=sep)  # the line exactly, for rejected rows only
+    rows, rejected = type_fields(df, columns, [], raw)
+    return rows, pl.concat([shape_rejected, rejected]).sort("line")
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -186,10 +253,22 @@ def _header_names(first_line: str, sep: str) -> list[str]:
     return [h.strip().strip('"') for h in first_line.split(sep)]
 
 
+def check_header(path: Path, first_line: str, sep: str, header: bool | str, expected: list[str]) -> bool:
+    """Whether the file's first line is a header; a header that does not match the spec stops the stage."""
+    got = _header_names(first_line, sep)
+    if header is True and got != expected:
+        diff = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+                    min(len(got), len(expected)))
+        raise StageError(
+            f"{path}: header does not match the dataset spec at column {diff + 1}: "
+            f"expected {expected[diff] if diff < len(expected) else '(end)'!r}, got "
+            f"{got[diff] if diff < len(got) else '(end)'!r}\n  expected: {expected}\n  got:      {got}")
+    return header is True or (header == "auto" and got == expected)
+
+
 def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, header: bool | str,
                encoding: str, libfm: bool, block_bytes: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
     """Parse files block by block: yields (typed rows, rejected lines, counts) per block."""
-    expected = list(columns)
     for path in paths:
         if not path.exists():
             raise StageError(f"{path}: input file not found")
@@ -197,26 +276,22 @@ def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, head
             raise StageError(f"{path}: input file is empty")
         first_block = True
         for block, first_line in iter_blocks(path, block_bytes):
-            lines = block_lines(block, encoding).with_columns(
-                _line=pl.int_range(first_line, first_line + pl.len(), dtype=pl.Int64))
-            header_lines = 0
+            size, header_lines = len(block), 0
             if first_block:
                 first_block = False
-                if lines.height == 0 or (lines.height == 1 and not lines["line"][0].strip()):
-                    raise StageError(f"{path}: input file has no lines")
-                got = _header_names(lines["line"][0], sep)
-                if header is True and got != expected:
-                    diff = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
-                                min(len(got), len(expected)))
-                    raise StageError(
-                        f"{path}: header does not match the dataset spec at column {diff + 1}: "
-                        f"expected {expected[diff] if diff < len(expected) else '(end)'!r}, got "
-                        f"{got[diff] if diff < len(got) else '(end)'!r}\n  expected: {expected}\n  got:      {got}")
-                if header is True or (header == "auto" and got == expected):
-                    lines, header_lines = lines.slice(1), 1
-            rows, rejected = parse_lines(lines, columns, sep, libfm)
+                head = block[: block.index(b"\n")].decode(encoding, "replace").rstrip("\r")
+                if header is not False and check_header(path, head, sep, header, list(columns)):
+                    block, first_line, header_lines = block[block.index(b"\n") + 1 :], first_line + 1, 1
+            if not block:
+                continue
+            parsed = parse_block_fast(block, first_line, columns, sep) if encoding == "utf8" and not libfm else None
+            if parsed is None:  # the general path: bad bytes, CR line ends, libfm, Latin-1, long separators
+                lines = block_lines(block, encoding).with_columns(
+                    _line=pl.int_range(first_line, first_line + pl.len(), dtype=pl.Int64))
+                parsed = parse_lines(lines, columns, sep, libfm)
+            rows, rejected = parsed
             rejected = rejected.with_columns(file=pl.lit(str(path))).select(list(REJECTED_SCHEMA))
-            yield rows, rejected, {"lines": lines.height, "header_lines": header_lines}
+            yield rows, rejected, {"lines": block.count(b"\n"), "header_lines": header_lines, "bytes": size}
 
 
 def sample_negatives(rows: pl.DataFrame, spec: DatasetSpec, seed: int) -> pl.DataFrame:
@@ -285,8 +360,12 @@ def run(params: Params) -> dict[str, Any]:
     post_process = bool(spec.joins or spec.implicit)
     kept: list[pl.DataFrame] = []  # only when joins / sampling need the whole table
     writer: pq.ParquetWriter | None = None
+    # Progress in raw bytes (a gzip file's are uncompressed, so its total is unknown).
+    total = None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths if p.exists())
+    progress = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=not progress_enabled())
     for rows, bad, counts in read_table(paths, spec.columns, spec.sep, spec.header, spec.encoding,
                                         spec.format == "libfm", block_bytes):
+        progress.update(counts["bytes"])
         totals["lines"] += counts["lines"]
         totals["header_lines"] += counts["header_lines"]
         totals["rows_ok"] += rows.height
@@ -299,6 +378,7 @@ def run(params: Params) -> dict[str, Any]:
             table = rows.to_arrow()
             writer = writer or pq.ParquetWriter(ROWS, table.schema)
             writer.write_table(table)
+    progress.close()
     rows_rejected = sum(reasons.values())
     files = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in paths]
     result: dict[str, Any] = {
