@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import functools
 import hashlib
 import inspect
@@ -386,6 +387,13 @@ def in_child(target: Callable[..., None], *args: Any) -> dict[str, Any]:
     return result | {"process_seconds": time.perf_counter() - t0, "peak_rss_polled": polled}
 
 
+def other_cpu_use(seconds: float = 2.0) -> float:
+    """System-wide CPU use (%) over ``seconds`` while this process waits: what others are using."""
+    import psutil
+
+    return psutil.cpu_percent(interval=seconds)
+
+
 # ------------------------------------------------------------------------------------------ report
 def compare_outputs(ours: Path, theirs: Path) -> dict[str, bool]:
     """Both implementations' train/valid/test: ``identical`` codes, and ``equivalent`` once every code is
@@ -481,6 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     n = args.rows
     m = min(n, args.pandas_rows if args.pandas_rows is not None else 2_000_000)
     tmp = args.tmp / "aim-bench-ingest-encode"
+    # One run at a time: two benchmarks on the same cores would spoil each other's figures, and a run that
+    # ends removes the temp dir another may be reading.
+    lock = open(args.tmp / "aim-bench-ingest-encode.lock", "w")  # noqa: SIM115  (held until exit)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log("another run of this benchmark holds the lock; waiting for it to finish ...")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     tmp.mkdir(parents=True, exist_ok=True)
     ints, cats = column_names()
     log(f"N = {n:,} rows (ours), M = {m:,} rows (pandas and ours); temp dir {tmp}")
@@ -510,10 +526,12 @@ def main(argv: list[str] | None = None) -> int:
         work = tmp / f"work_{impl}_{rows}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        log(f"run: {impl} on {rows:,} rows (child process) ...")
+        busy = other_cpu_use()
+        log(f"run: {impl} on {rows:,} rows (child process); CPU busy before: {busy:.0f}%"
+            + (" -- something else is running, figures may be low" if busy > 10 else ""))
         target = ours_child if impl == "ours" else pandas_child
         res = in_child(target, str(tsv), str(work), criteo_params(tsv))
-        res.update(impl=impl, rows=rows, rows_per_s=rows / res["seconds"])
+        res.update(impl=impl, rows=rows, rows_per_s=rows / res["seconds"], cpu_busy_before=busy)
         runs.append(res)
         log(f"run: {impl} on {rows:,} rows: {res['seconds']:.1f} s, {res['rows_per_s']:,.0f} rows/s, "
             f"peak RSS {res['peak_rss'] / GB:.2f} GB")
