@@ -299,7 +299,11 @@ def ours_child(conn: Any, tsv: str, workdir: str, raw_params: dict[str, Any]) ->
 def pandas_reference(tsv: Path, out_dir: Path, ints: list[str], cats: list[str], seed: int,
                      fractions: tuple[float, float, float], min_count: int, phase: Phases,
                      ) -> tuple[int, dict[str, Any]]:
-    """The same transform written the plain pandas way; returns (rows kept, vocabulary per field)."""
+    """The same transform written the plain pandas way; returns (rows kept, vocabulary per field).
+
+    Bad lines: rows with extra fields are skipped and labels other than 0/1 dropped; a non-numeric integer
+    field would make read_csv raise (the generated log has none, and the typed read keeps pandas fast).
+    """
     import pandas as pd
 
     dtypes = {"label": "float64", **dict.fromkeys(ints, "float64"), **dict.fromkeys(cats, str)}
@@ -387,11 +391,21 @@ def in_child(target: Callable[..., None], *args: Any) -> dict[str, Any]:
     return result | {"process_seconds": time.perf_counter() - t0, "peak_rss_polled": polled}
 
 
-def other_cpu_use(seconds: float = 2.0) -> float:
-    """System-wide CPU use (%) over ``seconds`` while this process waits: what others are using."""
+def other_cpu_use(seconds: float = 2.0) -> tuple[float, str]:
+    """System-wide CPU use (%) over ``seconds`` while this process waits, and the busiest processes."""
     import psutil
 
-    return psutil.cpu_percent(interval=seconds)
+    procs = list(psutil.process_iter(["pid", "name"]))
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.cpu_percent(None)
+    busy = psutil.cpu_percent(interval=seconds)
+    use = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            use.append((p.cpu_percent(None), f"{p.info['name']}[{p.info['pid']}]"))
+    top = ", ".join(f"{who} {pct:.0f}%" for pct, who in sorted(use, reverse=True)[:3] if pct >= 5)
+    return busy, top
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -497,6 +511,22 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         log("another run of this benchmark holds the lock; waiting for it to finish ...")
         fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        result = run_benchmark(n, m, tmp)
+    finally:
+        if args.keep:
+            log(f"kept {tmp} (--keep)")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log(f"removed {tmp}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    log(f"wrote {args.out}")
+    return 0
+
+
+def run_benchmark(n: int, m: int, tmp: Path) -> dict[str, Any]:
+    """Make the data, run ours on N and M rows and pandas on M rows, print the report; the results."""
     tmp.mkdir(parents=True, exist_ok=True)
     ints, cats = column_names()
     log(f"N = {n:,} rows (ours), M = {m:,} rows (pandas and ours); temp dir {tmp}")
@@ -526,9 +556,9 @@ def main(argv: list[str] | None = None) -> int:
         work = tmp / f"work_{impl}_{rows}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        busy = other_cpu_use()
+        busy, top = other_cpu_use()
         log(f"run: {impl} on {rows:,} rows (child process); CPU busy before: {busy:.0f}%"
-            + (" -- something else is running, figures may be low" if busy > 10 else ""))
+            + (f" -- something else is running ({top or 'kernel'}), figures may be low" if busy > 10 else ""))
         target = ours_child if impl == "ours" else pandas_child
         res = in_child(target, str(tsv), str(work), criteo_params(tsv))
         res.update(impl=impl, rows=rows, rows_per_s=rows / res["seconds"], cpu_busy_before=busy)
@@ -550,13 +580,13 @@ def main(argv: list[str] | None = None) -> int:
         if "note" in t:
             print(t["note"])
 
-    if code_version() != version:
+    if code_version()["sha256"] != version["sha256"]:
         log("warning: tasks/ingest.py or tasks/encode.py changed during the run; rerun for clean figures")
     import pandas as pd
     import polars as pl
     import pyarrow as pa
 
-    result = {
+    return {
         "benchmark": "ingest+encode, criteo preset, generated log",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -569,15 +599,6 @@ def main(argv: list[str] | None = None) -> int:
                  "the parent's psutil polling every 50 ms; phases = self seconds; GB = 1e9 bytes; the input "
                  "file is in the page cache.",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    log(f"wrote {args.out}")
-    if args.keep:
-        log(f"kept {tmp} (--keep)")
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
-        log(f"removed {tmp}")
-    return 0
 
 
 if __name__ == "__main__":
