@@ -128,7 +128,7 @@ def field_tokens(f: Field, column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarra
     return column.combine_chunks(), None
 
 
-def encode_field(f: Field, column: pa.ChunkedArray, split: np.ndarray, min_count: int,
+def encode_field(f: Field, column: pa.ChunkedArray, in_train: np.ndarray, min_count: int,
                  ) -> tuple[np.ndarray | pa.Array, pl.DataFrame, list[float] | None]:
     """One field: fit its vocabulary on train rows, then code every row.
 
@@ -139,12 +139,13 @@ def encode_field(f: Field, column: pa.ChunkedArray, split: np.ndarray, min_count
     """
     if f.kind == "numeric" and f.bucketing == "quantile":
         x = column.to_numpy()
-        train = x[(split == 0) & ~np.isnan(x)]
+        fit = in_train & ~np.isnan(x)
+        train = x[fit]
         qs = np.arange(1, f.buckets) / f.buckets
         cuts = np.unique(np.quantile(train, qs)).tolist() if train.size else []
         bucket = np.searchsorted(np.asarray(cuts), x, side="left")  # = number of boundaries below the value
         codes = np.where(np.isnan(x), MISSING, FIRST_CODE + bucket).astype(np.int32)
-        counts = np.bincount(bucket[(split == 0) & ~np.isnan(x)], minlength=len(cuts) + 1)
+        counts = np.bincount(bucket[fit], minlength=len(cuts) + 1)
         vocab = pl.DataFrame({"token": [str(i) for i in range(len(cuts) + 1)], "count": counts.astype(np.int64),
                               "code": np.arange(FIRST_CODE, FIRST_CODE + len(cuts) + 1, dtype=np.int32)})
         return codes, vocab, cuts
@@ -152,7 +153,6 @@ def encode_field(f: Field, column: pa.ChunkedArray, split: np.ndarray, min_count
     tokens, lengths = field_tokens(f, column)
     encoded = tokens.dictionary_encode()
     idx = encoded.indices.fill_null(-1).to_numpy().astype(np.int64)
-    in_train = split == 0
     if lengths is not None:  # each token belongs to the row it came from
         in_train = np.repeat(in_train, np.maximum(lengths, 0))
     counts = np.bincount(idx[in_train & (idx >= 0)], minlength=len(encoded.dictionary))
@@ -194,9 +194,9 @@ def run(params: Params) -> dict[str, Any]:
     fields = plan_fields(params.spec)
     if not fields:
         raise StageError(f"params.yaml: dataset {params.dataset!r} has no feature columns (all label/drop)")
-    n = pq.ParquetFile(ROWS).metadata.num_rows
-    split = assign_splits(n, params)
     rows_file = pq.ParquetFile(ROWS)
+    split = assign_splits(rows_file.metadata.num_rows, params)
+    in_train = split == 0  # built once: every field's vocabulary is fitted on these rows
     label = rows_file.read(columns=[LABEL]).column(LABEL).to_numpy()
     coded: dict[str, np.ndarray | pa.Array] = {}
     vocabs: dict[str, pl.DataFrame] = {}
@@ -204,7 +204,7 @@ def run(params: Params) -> dict[str, Any]:
     oov: dict[str, np.ndarray] = {}
     for f in tqdm(fields, desc="encode", unit="field", disable=not progress_enabled()):
         column = rows_file.read(columns=[f.source]).column(f.source)  # one column at a time: memory stays low
-        coded[f.name], vocabs[f.name], cuts = encode_field(f, column, split, params.encode.min_count)
+        coded[f.name], vocabs[f.name], cuts = encode_field(f, column, in_train, params.encode.min_count)
         if cuts is not None:
             boundaries[f.name] = cuts
         oov[f.name] = _oov_by_split(coded[f.name], split)

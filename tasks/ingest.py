@@ -39,6 +39,9 @@ from tasks.common import (
 )
 from tasks.config import ColumnSpec, DatasetSpec, JoinSpec, Params
 
+# Line-shape reasons, shared by the general and the fast parse path.
+EMPTY_LINE, WRONG_COLUMN_COUNT = "empty line", "wrong column count"
+
 REJECTED_SCHEMA = {"file": pl.String, "line": pl.Int64, "reason": pl.String, "detail": pl.String,
                    "raw": pl.String}
 
@@ -158,8 +161,8 @@ def parse_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, l
     df = df.rename({f"field_{i}": name for i, name in enumerate(names)})
     checks: list[tuple[pl.Expr, str, pl.Expr]] = [
         (pl.col("undecodable"), "undecodable bytes", pl.lit("line is not valid UTF-8")),
-        (pl.col("line").str.strip_chars().str.len_bytes() == 0, "empty line", pl.lit("")),
-        (pl.col("_n_fields") != n, "wrong column count",
+        (pl.col("line").str.strip_chars().str.len_bytes() == 0, EMPTY_LINE, pl.lit("")),
+        (pl.col("_n_fields") != n, WRONG_COLUMN_COUNT,
          pl.format("{} fields, expected {}", pl.col("_n_fields"), pl.lit(n))),
     ]
     if libfm:  # keep the feature index of each `idx:val` token; the value of a one-hot token is ignored
@@ -231,7 +234,7 @@ def parse_block_fast(block: bytes, first_line: int, columns: dict[str, ColumnSpe
         raw = [block[starts[i]:ends[i]].decode() for i in bad]
         shape_rejected = pl.DataFrame({
             "line": line_numbers[bad],
-            "reason": ["empty line" if not r.strip() else "wrong column count" for r in raw],
+            "reason": [EMPTY_LINE if not r.strip() else WRONG_COLUMN_COUNT for r in raw],
             "detail": ["" if not r.strip() else f"{k} fields, expected {n}" for r, k in zip(raw, n_fields[bad],
                                                                                             strict=True)],
             "raw": raw}, schema=shape_rejected.schema)
@@ -279,9 +282,10 @@ def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, head
             size, header_lines = len(block), 0
             if first_block:
                 first_block = False
-                head = block[: block.index(b"\n")].decode(encoding, "replace").rstrip("\r")
+                eol = block.index(b"\n")
+                head = block[:eol].decode(encoding, "replace").rstrip("\r")
                 if header is not False and check_header(path, head, sep, header, list(columns)):
-                    block, first_line, header_lines = block[block.index(b"\n") + 1 :], first_line + 1, 1
+                    block, first_line, header_lines = block[eol + 1 :], first_line + 1, 1
             if not block:
                 continue
             parsed = parse_block_fast(block, first_line, columns, sep) if encoding == "utf8" and not libfm else None
