@@ -1,0 +1,31 @@
+"""Shared layers: embeddings, interaction functions, MLP, attention. Models are built from these."""
+
+from aim.layers.attention import AttentionPooling, MultiHeadSelfAttention
+from aim.layers.embedding import FieldEmbedding, FieldLinear, NumericEmbedding, masked_mean
+from aim.layers.interaction import (
+    FUNCTIONS,
+    Interaction,
+    InteractionFunction,
+    combination_index,
+    elementwise_products,
+    gather_fields,
+    pair_index,
+)
+from aim.layers.mlp import MLP
+
+__all__ = [
+    "FUNCTIONS",
+    "MLP",
+    "AttentionPooling",
+    "FieldEmbedding",
+    "FieldLinear",
+    "Interaction",
+    "InteractionFunction",
+    "MultiHeadSelfAttention",
+    "NumericEmbedding",
+    "combination_index",
+    "elementwise_products",
+    "gather_fields",
+    "masked_mean",
+    "pair_index",
+]

@@ -1,0 +1,53 @@
+"""Attention blocks: AFM's attention pooling over interactions, AutoInt's multi-head self-attention."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class AttentionPooling(nn.Module):
+    """AFM's attention network: ``a_ij = softmax(h^T ReLU(W v_ij + b))`` over the m interactions.
+
+    Returns the weights [B, m]; the model decides what to pool with them.
+    """
+
+    def __init__(self, dim: int, attention_dim: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(dim, attention_dim)  # W, b
+        self.score = nn.Linear(attention_dim, 1, bias=False)  # h
+
+    def forward(self, interactions: Tensor) -> Tensor:
+        """``interactions`` [B, m, d] -> attention weights [B, m] that sum to 1 over m."""
+        return torch.softmax(self.score(F.relu(self.project(interactions))).squeeze(-1), dim=-1)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """One AutoInt interacting layer: multi-head self-attention over fields with a residual connection.
+
+    [B, n, d_in] -> [B, n, heads * head_dim]; ``ReLU(concat_h(attention_h) + W_res e)``.
+    """
+
+    def __init__(
+        self, in_dim: int, head_dim: int, heads: int, residual: bool = True, scaled: bool = False
+    ) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.scaled = heads, head_dim, scaled
+        self.qkv = nn.Linear(in_dim, 3 * heads * head_dim, bias=False)  # W_Q, W_K, W_V of every head
+        self.residual = nn.Linear(in_dim, heads * head_dim, bias=False) if residual else None
+
+    @property
+    def out_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, fields, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, fields, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # The AutoInt paper uses the plain inner product <q, k>; `scaled` divides by sqrt(head_dim).
+        scale = None if self.scaled else 1.0
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [B, heads, n, head_dim]
+        out = out.transpose(1, 2).reshape(batch, fields, self.out_dim)
+        if self.residual is not None:
+            out = out + self.residual(x)
+        return F.relu(out)

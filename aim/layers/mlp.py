@@ -1,0 +1,37 @@
+"""The multi-layer perceptron that deep CTR models put on top of the embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer, then a linear output (if ``out_dim``)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        out_dim: int | None = 1,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers.append(nn.Linear(in_dim, width))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = width
+        if out_dim is not None:
+            layers.append(nn.Linear(in_dim, out_dim))
+        self.net = nn.Sequential(*layers)
+        self.out_dim = out_dim if out_dim is not None else in_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

@@ -1,0 +1,100 @@
+"""What every CTR model shares, and the registry from a name in ``params.yaml`` to a model class."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from aim.data import CTRData, FieldSpec
+from aim.layers import FieldEmbedding
+
+MODELS: dict[str, type[CTRModel]] = {}
+M = TypeVar("M", bound="type[CTRModel]")
+
+
+def register(name: str) -> Callable[[M], M]:
+    """Class decorator: make a model buildable by ``name`` (the key used in params.yaml)."""
+
+    def add(cls: M) -> M:
+        if name in MODELS:
+            raise ValueError(f"model name {name!r} is registered twice ({MODELS[name].__name__}, {cls.__name__})")
+        MODELS[name] = cls
+        cls.name = name
+        return cls
+
+    return add
+
+
+def hyperparameters(name: str) -> dict[str, Any]:
+    """The hyper-parameters model ``name`` takes, with their defaults (``fields`` excluded)."""
+    cls = _lookup(name)
+    params: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):  # subclasses pass **kwargs up to CTRModel
+        if klass is nn.Module or not issubclass(klass, CTRModel):
+            continue
+        for p in inspect.signature(klass.__init__).parameters.values():
+            if p.name not in ("self", "fields") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                params[p.name] = p.default
+    return params
+
+
+def build_model(name: str, fields: Sequence[FieldSpec], **hparams: Any) -> CTRModel:
+    """``MODELS[name](fields, **hparams)``, with a clear error for an unknown name or hyper-parameter."""
+    known = hyperparameters(name)
+    unknown = sorted(set(hparams) - set(known))
+    if unknown:
+        raise ValueError(f"model {name!r} has no hyper-parameter {unknown[0]!r}; it takes {sorted(known)}")
+    return MODELS[name](fields, **hparams)
+
+
+def _lookup(name: str) -> type[CTRModel]:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; registered models: {sorted(MODELS)}")
+    return MODELS[name]
+
+
+class CTRModel(nn.Module):
+    """A CTR model: ``forward(batch)`` gives logits [B]; ``predict(batch)`` gives click probabilities.
+
+    ``forward`` also sets ``self.penalty``, the regularisation term the training loop adds to the loss
+    (an L2 on the embeddings the batch used, plus whatever the model adds of its own).
+    """
+
+    name = "base"
+
+    def __init__(self, fields: Sequence[FieldSpec], embedding_dim: int = 10, embedding_l2: float = 0.0) -> None:
+        super().__init__()
+        if not fields:
+            raise ValueError("a model needs at least one field")
+        self.fields = tuple(fields)
+        self.num_fields = len(self.fields)
+        self.embedding_dim = embedding_dim
+        self.embedding_l2 = embedding_l2
+        self.embedding = FieldEmbedding(self.fields, embedding_dim)
+        self.penalty: Tensor | float = 0.0
+
+    def embed(self, batch: CTRData) -> Tensor:
+        """[B, n_fields, embedding_dim], recording the L2 penalty on the rows the batch used."""
+        embedded = self.embedding(batch)
+        self.penalty = self.l2(embedded, self.embedding_l2)
+        return embedded
+
+    @staticmethod
+    def l2(tensor: Tensor, weight: float) -> Tensor | float:
+        """``weight`` times the squared norm of ``tensor`` per sample (0 when weight is 0)."""
+        return weight * tensor.float().square().sum() / tensor.shape[0] if weight else 0.0
+
+    def forward(self, batch: CTRData) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, batch: CTRData) -> Tensor:
+        """Click probabilities [B]."""
+        return torch.sigmoid(self.forward(batch).float())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

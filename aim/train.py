@@ -1,0 +1,258 @@
+"""Fit and evaluate: Adam, early stopping on validation AUC, learning-rate decay on plateau, resumable.
+
+The loop knows nothing of files or trackers. ``tasks/`` passes callbacks that log metrics and write
+checkpoints; ``Trainer.state_dict()`` holds everything a stopped run needs to go on exactly where it
+stopped (weights, optimizer, best weights so far, patience counters, history). Each epoch's shuffle and
+dropout are seeded from ``(seed, epoch)``, so a resumed run ends where an uninterrupted one ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import log_loss, roc_auc_score
+from torch import nn
+
+from aim.data import CTRData
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 4096
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 2  # epochs without a better validation AUC before stopping
+    min_delta: float = 1e-5  # an AUC gain below this is no gain
+    lr_decay: float = 0.1  # the learning rate is multiplied by this on each epoch without gain...
+    min_lr: float = 1e-6  # ...but not below this
+    grad_clip: float | None = 10.0  # max global gradient norm; None switches clipping off
+    seed: int = 2024
+    device: str = "auto"  # "auto" = CUDA when present, else CPU; or any torch device string
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast matmuls and attention to bfloat16
+    eval_batch_size: int = 65536
+    progress: bool = False  # a progress bar over each epoch's batches
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    valid_auc: float
+    valid_logloss: float
+    lr: float
+    seconds: float
+    samples_per_second: float
+    improved: bool
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid_auc: float
+    epochs_run: int
+    stopped_early: bool
+    train_seconds: float
+    train_samples_per_second: float
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+class Callback(Protocol):
+    """Anything with some of these methods; ``trainer.stop = True`` inside one ends the run after this epoch."""
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None: ...
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def place(data: CTRData, device: torch.device) -> CTRData:
+    """The whole dataset on ``device`` when it fits in half the free memory; else it stays where it is."""
+    if device.type != "cuda":
+        return data.to(device)
+    size = sum(t.numel() * t.element_size() for t in (data.single, data.label, *data.multi))
+    free, _ = torch.cuda.mem_get_info(device)
+    return data.to(device) if size < free / 2 else data
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    data: CTRData,
+    batch_size: int = 65536,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Click probabilities for every row of ``data``, in order (float64 numpy)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    with autocast(device, precision):
+        for batch in data.batches(batch_size):
+            out.append(model.predict(batch.to(device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out).double().numpy() if out else np.empty(0)
+
+
+def metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """AUC and logloss (scikit-learn). AUC is NaN when the labels hold one class only."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    auc = float(roc_auc_score(labels, probabilities)) if 0 < labels.sum() < len(labels) else math.nan
+    return {"auc": auc, "logloss": float(log_loss(labels, probabilities, labels=[0, 1]))}
+
+
+def evaluate(model: nn.Module, data: CTRData, batch_size: int = 65536, precision: str = "fp32") -> dict[str, float]:
+    return metrics(data.label.cpu().numpy(), predict(model, data, batch_size, precision=precision))
+
+
+class Trainer:
+    """Trains one model; ``fit`` may be called on a fresh trainer or on one given a saved ``state_dict``."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.callbacks = list(callbacks)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.epoch = 0  # epochs completed
+        self.best_auc = -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+        self.history: list[EpochRecord] = []
+        self.stop = False
+        self.train_seconds = 0.0
+        self.samples_seen = 0
+
+    # -- resumable state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "best_auc": self.best_auc,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "history": [asdict(r) for r in self.history],
+            "train_seconds": self.train_seconds,
+            "samples_seen": self.samples_seen,
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.best_auc, self.best_epoch = state["epoch"], state["best_auc"], state["best_epoch"]
+        self.best_state, self.bad_epochs = state["best_state"], state["bad_epochs"]
+        self.history = [EpochRecord(**r) for r in state["history"]]
+        self.train_seconds, self.samples_seen = state["train_seconds"], state["samples_seen"]
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def fit(self, train: CTRData, valid: CTRData) -> FitResult:
+        cfg = self.config
+        if len(train) == 0 or len(valid) == 0:
+            raise ValueError(f"empty split: train has {len(train)} rows, valid {len(valid)}")
+        train, valid = place(train, self.device), place(valid, self.device)
+        self.stop = False
+        while self.epoch < cfg.epochs and not self.stop and self.bad_epochs < cfg.patience:
+            record = self._epoch(train, valid)
+            self.history.append(record)
+            for cb in self.callbacks:
+                if hasattr(cb, "on_epoch_end"):
+                    cb.on_epoch_end(self, record)
+        if self.best_state is not None:  # keep the best weights, not the last
+            self.model.load_state_dict(self.best_state)
+        return FitResult(
+            best_epoch=self.best_epoch,
+            best_valid_auc=self.best_auc,
+            epochs_run=self.epoch,
+            stopped_early=self.bad_epochs >= cfg.patience,
+            train_seconds=self.train_seconds,
+            train_samples_per_second=self.samples_seen / max(self.train_seconds, 1e-9),
+            history=list(self.history),
+        )
+
+    def _epoch(self, train: CTRData, valid: CTRData) -> EpochRecord:
+        cfg, model = self.config, self.model
+        # Seeds from (seed, epoch): a resumed run draws the same shuffles and dropout masks.
+        torch.manual_seed(cfg.seed * 1_000_003 + self.epoch)
+        shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
+        model.train()
+        batches = train.batches(cfg.batch_size, shuffle=True, generator=shuffle)
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, total=math.ceil(len(train) / cfg.batch_size), desc=f"epoch {self.epoch + 1}",
+                           leave=False)
+        start = time.perf_counter()
+        total_loss = torch.zeros((), device=self.device)
+        for batch in batches:
+            batch = batch.to(self.device)
+            with autocast(self.device, cfg.precision):
+                logits = model(batch)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
+            penalty = getattr(model, "penalty", 0.0)
+            objective = loss + penalty if isinstance(penalty, torch.Tensor) or penalty else loss
+            self.optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            total_loss += loss.detach() * len(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        self.train_seconds += seconds
+        self.samples_seen += len(train)
+        self.epoch += 1
+
+        scores = evaluate(model, valid, cfg.eval_batch_size, cfg.precision)
+        improved = scores["auc"] > self.best_auc + cfg.min_delta
+        if improved:
+            self.best_auc, self.best_epoch, self.bad_epochs = scores["auc"], self.epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+            for group in self.optimizer.param_groups:
+                group["lr"] = max(group["lr"] * cfg.lr_decay, cfg.min_lr)
+        return EpochRecord(
+            epoch=self.epoch,
+            train_loss=float(total_loss) / len(train),
+            valid_auc=scores["auc"],
+            valid_logloss=scores["logloss"],
+            lr=self.optimizer.param_groups[0]["lr"],
+            seconds=seconds,
+            samples_per_second=len(train) / seconds,
+            improved=improved,
+        )
+
+
+def fit(
+    model: nn.Module, train: CTRData, valid: CTRData, config: TrainConfig | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> FitResult:
+    """Train ``model`` in place (ending with its best weights) and return what happened."""
+    return Trainer(model, config or TrainConfig(), callbacks).fit(train, valid)
+
+
+__all__ = [
+    "Callback", "EpochRecord", "FitResult", "TrainConfig", "Trainer", "evaluate", "fit", "metrics",
+    "predict", "resolve_device",
+]
