@@ -208,8 +208,7 @@ class Trainer:
             with autocast(self.device, cfg.precision):
                 logits = model(batch)
             loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
-            penalty = getattr(model, "penalty", 0.0)
-            objective = loss + penalty if isinstance(penalty, torch.Tensor) or penalty else loss
+            objective = loss + model.regularization() if hasattr(model, "regularization") else loss
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if cfg.grad_clip:

@@ -194,6 +194,57 @@ class ValidateConfig(Strict):
     positive_ratio_tolerance: Annotated[float, Field(gt=0, le=1)] = 0.05
 
 
+class TrainSection(Strict):
+    """How every training stage trains (aim.train.TrainConfig); the seed is the top-level ``seed``."""
+
+    epochs: Annotated[int, Field(ge=1)] = 100
+    batch_size: Annotated[int, Field(ge=1)] = 4096
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    patience: Annotated[int, Field(ge=1)] = 2
+    min_delta: Annotated[float, Field(ge=0)] = 1e-5
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.1
+    min_lr: Annotated[float, Field(ge=0)] = 1e-6
+    grad_clip: Annotated[float, Field(gt=0)] | None = 10.0
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    eval_batch_size: Annotated[int, Field(ge=1)] = 65536
+
+
+class BaselinesConfig(Strict):
+    """The classic models trained on the encoded data: name (as registered in aim.models) -> hyper-parameters.
+
+    ``embedding_dim`` and ``embedding_l2`` apply to every model unless its own entry sets them.
+    """
+
+    embedding_dim: Annotated[int, Field(ge=1)] = 10
+    embedding_l2: Annotated[float, Field(ge=0)] = 0.0
+    models: dict[str, dict[str, Any] | None] = {}
+
+    def hyperparameters(self, model: str) -> dict[str, Any]:
+        """The shared settings overlaid with the model's own entry (its ``train`` key left out)."""
+        own = {k: v for k, v in (self.models.get(model) or {}).items() if k != "train"}
+        return {"embedding_dim": self.embedding_dim, "embedding_l2": self.embedding_l2, **own}
+
+    def train_overrides(self, model: str) -> dict[str, Any]:
+        """``train`` settings this model changes (e.g. ``fm: {train: {lr: 0.01}}``)."""
+        return dict((self.models.get(model) or {}).get("train") or {})
+
+    @model_validator(mode="after")
+    def _check_train_overrides(self) -> BaselinesConfig:
+        for name, entry in self.models.items():
+            overrides = (entry or {}).get("train")
+            if overrides is None:
+                continue
+            if not isinstance(overrides, dict):
+                raise ValueError(f"models.{name}.train must be a mapping of train settings")
+            unknown = sorted(set(overrides) - set(TrainSection.model_fields))
+            if unknown:
+                raise ValueError(f"models.{name}.train.{unknown[0]}: unknown key (train takes "
+                                 f"{sorted(TrainSection.model_fields)})")
+        return self
+
+
 class Params(Strict):
     """The whole of params.yaml. Sections for later stages are kept but not interpreted here."""
 
@@ -205,6 +256,8 @@ class Params(Strict):
     ingest: IngestConfig = IngestConfig()
     encode: EncodeConfig = EncodeConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    train: TrainSection = TrainSection()
+    baselines: BaselinesConfig = BaselinesConfig()
     datasets: dict[str, DatasetSpec]
 
     @model_validator(mode="after")
@@ -218,7 +271,7 @@ class Params(Strict):
         return self.datasets[self.dataset]
 
 
-KNOWN_TOP_LEVEL = {"dataset", "seed", "generate", "ingest", "encode", "validate", "datasets"}
+KNOWN_TOP_LEVEL = {"dataset", "seed", "generate", "ingest", "encode", "validate", "train", "baselines", "datasets"}
 
 
 def _format_error(err: ValidationError, path: Path) -> str:
@@ -230,6 +283,11 @@ def _format_error(err: ValidationError, path: Path) -> str:
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            nested = re.match(r"([\w.]+\.[\w.]+): (.*)", msg)  # a validator naming a deeper key
+            if nested:
+                key, msg = f"{key}.{nested[1]}", nested[2]
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 

@@ -20,6 +20,9 @@ def sh(cmd: list[str], cwd: Path) -> str:
     return done.stdout + done.stderr
 
 
+BASELINES = ["baselines@lr", "baselines@fm"]
+
+
 def ran(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
@@ -35,6 +38,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (repo / f).write_bytes((ROOT / f).read_bytes())
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["generate"]["rows"] = 3000
+    params["baselines"]["models"] = {"lr": {}, "fm": {}}  # two models keep the test quick
+    params["train"]["epochs"] = 2
     for spec in params["datasets"].values():  # the clone lives elsewhere: point presets at ../shared for real
         spec["paths"] = [p.replace("../shared/data", str(SHARED_DATA)) for p in spec["paths"]]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -46,22 +51,27 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_then_nothing_then_only_downstream(clone: Path) -> None:
     first = sh(["dvc", "repro"], clone)
-    assert ran(first) == ["generate", "ingest", "encode", "validate"]
+    assert ran(first) == ["generate", "ingest", "encode", "validate", *BASELINES]
     for out in ("data/encoded/train.parquet", "data/encoded/feature_map.json", "metrics/validate.json",
-                "reports/validation/data_docs/index.html", "dvc.lock"):
+                "reports/validation/data_docs/index.html", "dvc.lock", "metrics/baselines/fm.json",
+                "models/baselines/fm.pt", "reports/baselines/lr.csv"):
         assert (clone / out).exists(), out
     assert ran(sh(["dvc", "repro"], clone)) == []  # nothing changed: nothing runs
 
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["encode"]["min_count"] = 3
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(sh(["dvc", "repro"], clone)) == ["encode", "validate"]
+    assert ran(sh(["dvc", "repro"], clone)) == ["encode", "validate", *BASELINES]
+
+    params["baselines"]["models"]["fm"] = {"embedding_l2": 0.001}  # one model's settings: only it retrains
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(sh(["dvc", "repro"], clone)) == ["baselines@fm"]
 
 
 @needs_shared
 def test_exp_run_switches_dataset(clone: Path) -> None:
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "min_count 3"], clone)
     out = sh(["dvc", "exp", "run", "-S", "dataset=criteo"], clone)
-    assert ran(out) == ["ingest", "encode", "validate"]  # generate's params did not change
+    assert ran(out) == ["ingest", "encode", "validate", *BASELINES]  # generate's params did not change
     metrics = yaml.safe_load((clone / "metrics/ingest.json").read_text())
     assert metrics["dataset"] == "criteo" and metrics["rows_ok"] == 8000

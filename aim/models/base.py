@@ -60,8 +60,9 @@ def _lookup(name: str) -> type[CTRModel]:
 class CTRModel(nn.Module):
     """A CTR model: ``forward(batch)`` gives logits [B]; ``predict(batch)`` gives click probabilities.
 
-    ``forward`` also sets ``self.penalty``, the regularisation term the training loop adds to the loss
-    (an L2 on the embeddings the batch used, plus whatever the model adds of its own).
+    The training loop adds ``regularization()`` to the loss: ``embedding_l2 · ½ Σ w²`` over every
+    embedding table (FuxiCTR's ``embedding_regularizer``, so published configs carry over), plus
+    ``self.penalty``, a term a model may set in ``forward`` (e.g. AFM's L2 on its attention network).
     """
 
     name = "base"
@@ -78,15 +79,22 @@ class CTRModel(nn.Module):
         self.penalty: Tensor | float = 0.0
 
     def embed(self, batch: CTRData) -> Tensor:
-        """[B, n_fields, embedding_dim], recording the L2 penalty on the rows the batch used."""
-        embedded = self.embedding(batch)
-        self.penalty = self.l2(embedded, self.embedding_l2)
-        return embedded
+        """[B, n_fields, embedding_dim]; also resets ``self.penalty`` for this batch."""
+        self.penalty = 0.0
+        return self.embedding(batch)
 
     @staticmethod
     def l2(tensor: Tensor, weight: float) -> Tensor | float:
         """``weight`` times the squared norm of ``tensor`` per sample (0 when weight is 0)."""
         return weight * tensor.float().square().sum() / tensor.shape[0] if weight else 0.0
+
+    def regularization(self) -> Tensor | float:
+        """What the training loop adds to the mean log loss of a batch."""
+        total: Tensor | float = self.penalty
+        if self.embedding_l2:
+            tables = [m.weight for m in self.modules() if isinstance(m, FieldEmbedding)]
+            total = total + 0.5 * self.embedding_l2 * sum(w.square().sum() for w in tables)
+        return total
 
     def forward(self, batch: CTRData) -> Tensor:
         raise NotImplementedError

@@ -1,0 +1,116 @@
+"""What the training stages share: encoded splits -> tensors, params -> TrainConfig, and the callbacks
+through which a stage keeps a run's history and checkpoints (the loop itself, aim/train.py, writes nothing).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+from pydantic import ValidationError
+
+from aim.data import CTRData, FieldSpec, from_arrow
+from aim.train import EpochRecord, TrainConfig, Trainer
+from tasks.common import FEATURE_MAP, LABEL, SPLITS, StageError, progress_enabled, read_json, split_path
+from tasks.config import ConfigError, Params, TrainSection
+
+
+def load_fields(feature_map: dict[str, Any]) -> list[FieldSpec]:
+    """The fields of ``feature_map.json`` as the models see them."""
+    return [
+        FieldSpec(
+            name=f["name"],
+            vocab_size=int(f["vocab_size"]),
+            max_length=int(f.get("max_length") or 1),
+            multi_valued=f["kind"] == "multi_valued",
+        )
+        for f in feature_map["fields"]
+    ]
+
+
+def load_encoded() -> tuple[list[FieldSpec], dict[str, CTRData]]:
+    """The fields and the train/valid/test tensors, built once from ``data/encoded``."""
+    feature_map = read_json(FEATURE_MAP)
+    fields = load_fields(feature_map)
+    splits = {}
+    for split in SPLITS:
+        path = split_path(split)
+        if not path.exists():
+            raise StageError(f"{path} not found: run the encode stage first (dvc repro encode)")
+        splits[split] = from_arrow(pq.read_table(path), fields, LABEL)
+    return fields, splits
+
+
+def train_config(params: Params, overrides: dict[str, Any] | None = None, where: str = "train") -> TrainConfig:
+    """``params.train`` (with ``overrides`` on top, checked like the rest) as the loop's TrainConfig."""
+    section = params.train
+    if overrides:
+        try:
+            section = TrainSection.model_validate(section.model_dump() | overrides)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ConfigError(f"params.yaml: {where}: {problems}") from None
+    return TrainConfig(**section.model_dump(), seed=params.seed, progress=progress_enabled())
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of settings and input files: a checkpoint is resumed only by the run that wrote it."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            digest.update(part.read_bytes() if part.stat().st_size < 1 << 20 else str(part.stat()).encode())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+class Checkpoint:
+    """Saves the trainer's full state after every epoch; ``restore`` resumes a run the same settings began."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"key": self.key, "trainer": trainer.state_dict()}, tmp)
+        tmp.replace(self.path)  # never a half-written checkpoint
+
+    def restore(self, trainer: Trainer) -> bool:
+        if not self.path.exists():
+            return False
+        saved = torch.load(self.path, map_location=trainer.device, weights_only=False)
+        if saved.get("key") != self.key:  # another config or other data: start afresh
+            return False
+        trainer.load_state_dict(saved["trainer"])
+        print(f"resuming from {self.path} after epoch {trainer.epoch}")
+        return True
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class History:
+    """Writes the per-epoch curve as CSV for ``dvc plots`` and prints one line per epoch."""
+
+    FIELDS = ("epoch", "train_loss", "valid_auc", "valid_logloss", "lr", "seconds", "samples_per_second")
+
+    def __init__(self, path: Path, label: str) -> None:
+        self.path, self.label = path, label
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        print(f"{self.label} epoch {record.epoch:3d}: loss {record.train_loss:.5f}  valid AUC {record.valid_auc:.5f}  "
+              f"logloss {record.valid_logloss:.5f}  lr {record.lr:.0e}  {record.samples_per_second:,.0f} samples/s"
+              + ("  *" if record.improved else ""), flush=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.FIELDS)
+            for r in trainer.history:
+                writer.writerow([round(getattr(r, k), 6) if isinstance(getattr(r, k), float) else getattr(r, k)
+                                 for k in self.FIELDS])

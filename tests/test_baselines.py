@@ -1,0 +1,83 @@
+"""The baselines stage as DVC runs it: metrics, model file and curve written; bad settings named; resumable."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tasks import baselines, encode, generate, ingest
+from tasks.config import ConfigError, parse_params
+from tasks.training import Checkpoint, load_encoded
+from tests.conftest import ROOT
+
+
+def params_with(**baseline_models):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["generate"].update(rows=3000, out_dir="data/raw/synthetic")
+    raw["train"].update(epochs=3, batch_size=512)
+    raw["baselines"]["models"] = baseline_models
+    return parse_params(raw)
+
+
+@pytest.fixture
+def encoded(workdir: Path):
+    params = params_with(fm={})
+    for stage in (generate, ingest, encode):
+        stage.run(params)
+    return workdir
+
+
+def test_stage_writes_metrics_model_and_curve(encoded: Path) -> None:
+    summary = baselines.run(params_with(fm={"embedding_dim": 4}), "fm")
+    saved = json.loads(Path("metrics/baselines/fm.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    for key in ("test_auc", "test_logloss", "parameters", "epochs", "train_seconds", "train_samples_per_second",
+                "inference_seconds_per_100k"):
+        assert key in saved, key
+    assert 0.5 < saved["test_auc"] <= 1 and saved["epochs"] <= 3 and saved["hyperparameters"]["embedding_dim"] == 4
+    model = torch.load("models/baselines/fm.pt", weights_only=False)
+    assert model["model"] == "fm" and sum(v.numel() for v in model["state_dict"].values()) == saved["parameters"]
+    curve = Path("reports/baselines/fm.csv").read_text().splitlines()
+    assert curve[0].startswith("epoch,train_loss,valid_auc") and len(curve) == saved["epochs"] + 1
+    assert not Path("models/checkpoints/fm.ckpt").exists()  # removed once the run finished
+
+
+def test_same_params_same_metrics(encoded: Path) -> None:
+    first = baselines.run(params_with(fm={}), "fm")
+    second = baselines.run(params_with(fm={}), "fm")
+    assert first["test_auc"] == second["test_auc"] and first["test_logloss"] == second["test_logloss"]
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint(encoded: Path, capsys: pytest.CaptureFixture) -> None:
+    params = params_with(fm={})
+    uninterrupted = baselines.run(params, "fm")
+
+    original = Checkpoint.on_epoch_end
+
+    def crash_after_first_epoch(self, trainer, record):
+        original(self, trainer, record)
+        raise KeyboardInterrupt  # as if the machine went away after epoch 1
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Checkpoint, "on_epoch_end", crash_after_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            baselines.run(params, "fm")
+    assert Path("models/checkpoints/fm.ckpt").exists()
+    resumed = baselines.run(params, "fm")
+    assert "resuming from models/checkpoints/fm.ckpt after epoch 1" in capsys.readouterr().out
+    assert resumed["test_auc"] == uninterrupted["test_auc"] and resumed["epochs"] == uninterrupted["epochs"]
+
+
+def test_bad_model_settings_are_named(encoded: Path) -> None:
+    with pytest.raises(ConfigError, match=r"baselines.models.fm: model 'fm' has no hyper-parameter 'hidden_units'"):
+        baselines.run(params_with(fm={"hidden_units": [8]}), "fm")
+    with pytest.raises(ConfigError, match=r"baselines.models: no entry 'deepfm'"):
+        baselines.run(params_with(fm={}), "deepfm")
+    with pytest.raises(ConfigError, match=r"baselines.models.fm.train.learning_rate: unknown key"):
+        params_with(fm={"train": {"learning_rate": 0.1}})
+    with pytest.raises(ConfigError, match=r"baselines.models.fm.train: lr"):
+        baselines.run(params_with(fm={"train": {"lr": -1}}), "fm")
+    fields, _ = load_encoded()
+    assert len(fields) == 40

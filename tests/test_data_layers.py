@@ -1,0 +1,107 @@
+"""aim.data and aim.layers: tensors built once, batches by slicing, pooling, vectorised interactions."""
+
+import itertools
+
+import pyarrow as pa
+import pytest
+import torch
+
+from aim.data import CTRData, FieldSpec, concat, from_arrow
+from aim.layers import FieldEmbedding, Interaction, NumericEmbedding, combination_index, masked_mean, pair_index
+from aim.models.fm import fm_pairwise
+
+FIELDS = (FieldSpec("a", 6), FieldSpec("tags", 9, max_length=3, multi_valued=True), FieldSpec("b", 5))
+
+
+def table() -> pa.Table:
+    return pa.table({
+        "a": pa.array([3, 4, 5, 3], pa.int32()),
+        "tags": pa.array([[3, 4], [], [5, 6, 7, 8], [3]], pa.list_(pa.int32())),
+        "b": pa.array([3, 3, 4, 1], pa.int32()),
+        "label": pa.array([1, 0, 0, 1], pa.int8()),
+    })
+
+
+def test_from_arrow_pads_truncates_and_keeps_order() -> None:
+    data = from_arrow(table(), FIELDS)
+    assert data.single.dtype == torch.int32 and data.single.tolist() == [[3, 3], [4, 3], [5, 4], [3, 1]]
+    assert data.multi[0].tolist() == [[3, 4, 0], [0, 0, 0], [5, 6, 7], [3, 0, 0]]  # padded with 0, cut at 3
+    assert data.label.tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_from_arrow_names_missing_columns() -> None:
+    with pytest.raises(ValueError, match=r"lacks columns \['b'\]"):
+        from_arrow(table().drop_columns(["b"]), FIELDS)
+
+
+def test_batches_are_views_and_shuffle_is_a_seeded_permutation() -> None:
+    data = from_arrow(table(), FIELDS)
+    plain = list(data.batches(3))
+    assert [len(b) for b in plain] == [3, 1]
+    assert plain[0].single.data_ptr() == data.single.data_ptr()  # a slice, not a copy
+    first = torch.cat([b.label for b in data.batches(2, shuffle=True, generator=torch.Generator().manual_seed(1))])
+    again = torch.cat([b.label for b in data.batches(2, shuffle=True, generator=torch.Generator().manual_seed(1))])
+    assert torch.equal(first, again) and sorted(first.tolist()) == sorted(data.label.tolist())
+    assert len(concat([data, data])) == 8
+
+
+def test_multi_hot_pooling_ignores_padding_and_empty_rows_give_zero() -> None:
+    data = from_arrow(table(), FIELDS)
+    layer = FieldEmbedding(FIELDS, 4, init_std=1.0)
+    out = layer(data)
+    assert out.shape == (4, 3, 4)  # fields stay in their declared order
+    rows = layer.weight[6:15]  # the tags table: offset 6 = vocab size of `a`
+    torch.testing.assert_close(out[0, 1], rows[[3, 4]].mean(0))
+    torch.testing.assert_close(out[2, 1], rows[[5, 6, 7]].mean(0))
+    assert torch.equal(out[1, 1], torch.zeros(4))  # all padding: a zero vector, not NaN
+    torch.testing.assert_close(out[3, 2], layer.weight[6 + 9 + 1])  # b's code 1 in b's own rows
+    assert torch.equal(masked_mean(torch.ones(1, 2, 3), torch.zeros(1, 2, dtype=torch.bool)), torch.zeros(1, 3))
+
+
+def test_numeric_embedding_scales_one_vector_per_field() -> None:
+    layer = NumericEmbedding(2, 3)
+    out = layer(torch.tensor([[2.0, 0.0]]))
+    torch.testing.assert_close(out[0, 0], 2 * layer.weight[0])
+    assert torch.equal(out[0, 1], torch.zeros(3))
+
+
+def test_fm_sum_square_equals_explicit_sum_over_pairs() -> None:
+    embedded = torch.randn(7, 6, 5, dtype=torch.float64)
+    explicit = sum((embedded[:, i] * embedded[:, j]).sum(-1) for i, j in itertools.combinations(range(6), 2))
+    torch.testing.assert_close(fm_pairwise(embedded), explicit)
+
+
+@pytest.mark.parametrize("function", ["inner", "outer", "vector_kernel", "scalar_kernel"])
+@pytest.mark.parametrize("order", [2, 3])
+def test_interaction_functions_match_their_definitions(function: str, order: int) -> None:
+    torch.manual_seed(0)
+    embedded = torch.randn(4, 5, 3, dtype=torch.float64)
+    index = pair_index(5) if order == 2 else combination_index(5, 3)
+    layer = Interaction(index, function, 3).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.uniform_(0.5, 1.5)
+    scores = layer(embedded)
+    assert scores.shape == (4, len(index))
+    for m, fields in enumerate(index.tolist()):
+        vectors = embedded[:, fields]  # [B, p, d]
+        if function == "outer":
+            expected = (vectors * layer.kernel[m]).sum(-1).prod(-1)
+        else:
+            product = vectors.prod(1)
+            if function == "vector_kernel":
+                product = product * layer.kernel[m]
+            expected = product.sum(-1) * (layer.kernel[m] if function == "scalar_kernel" else 1.0)
+        torch.testing.assert_close(scores[:, m], expected)
+
+
+def test_pair_index_is_every_pair_once() -> None:
+    assert pair_index(4).tolist() == [list(p) for p in itertools.combinations(range(4), 2)]
+    assert combination_index(5, 3).shape == (10, 3)
+    with pytest.raises(ValueError, match="unknown interaction function"):
+        Interaction(pair_index(3), "cosine", 2)
+
+
+def test_data_moves_between_devices_whole() -> None:
+    data = from_arrow(table(), FIELDS).to("cpu")
+    assert isinstance(data, CTRData) and data.device.type == "cpu"
