@@ -36,6 +36,13 @@ def render() -> str:
         verdict = "PASSED" if validate["success"] else "FAILED"
         lines.append(f"validate  {verdict}: {validate['evaluated'] - validate['failed']}/{validate['evaluated']} "
                      f"expectations (report: reports/validation/data_docs/index.html)")
+    runs = sorted((METRICS / "baselines").glob("*.json")) if (METRICS / "baselines").exists() else []
+    if runs:
+        lines.append("baselines test AUC   logloss   params     epochs  train samples/s  (metrics/baselines/)")
+        for path in runs:
+            m = json.loads(path.read_text())
+            lines.append(f"  {m['model']:14s} {m['test_auc']:.4f}   {m['test_logloss']:.4f}  {m['parameters']:>9,}  "
+                         f"{m['epochs']:>4}   {m['train_samples_per_second']:>12,.0f}")
     return "\n".join(lines)
 
 
