@@ -2,12 +2,12 @@
 
     python -m bench.frappe_accuracy [--models fm,deepfm,...] [--max-epochs 100] [--out ...]
 
-The Frappe set is rebuilt from the raw log by our own stages (ingest + encode, 7:2:1 random split,
-min_count 1) in a temporary directory; nothing is copied into the project. Each model trains with
-early stopping on validation AUC (patience 2, learning rate ×0.1 on each epoch without gain) and its
-best weights are scored on test. Hyper-parameters follow the BARS Frappe_x1 configs where BARS
-publishes them (reczoo/BARS, ranking/ctr/<model>/<model>_frappe_x1); deviations are listed in
-``CONFIGS`` with the reason. Results are written model by model, so a long run keeps what finished.
+The Frappe set is rebuilt from the raw log by our own stages (ingest + encode, 7:2:1 random split, min_count
+1; ``bench.train_throughput.build_frappe``) in a temporary directory; nothing is copied into the project. Each
+model trains with early stopping on validation AUC (patience 2, learning rate ×0.1 on each epoch without gain)
+and its best weights are scored on test. Hyper-parameters follow the BARS Frappe_x1 configs where BARS
+publishes them (reczoo/BARS, ranking/ctr/<model>/<model>_frappe_x1); deviations are listed in ``CONFIGS`` with
+the reason. Results are written model by model, so a long run keeps what finished.
 
 BARS Frappe_x1 is built from the same raw log (AFM/NFM construction: 2 sampled negatives per logged
 row), but its negatives were drawn by the AFM authors; ours are drawn by our ingest with our seed.
@@ -28,9 +28,7 @@ import torch
 
 from aim.models import build_model
 from aim.train import TrainConfig, Trainer, evaluate
-from tasks import encode, ingest
-from tasks.training import load_encoded
-from tests.conftest import project_params
+from bench.train_throughput import SEED, build_frappe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,23 +72,18 @@ def main() -> None:
     results["setup"] = {
         "command": "python -m bench.frappe_accuracy " + " ".join(sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "split": "random 7:2:1, seed 2024, min_count 1", "embedding_dim": 10, "batch_size": 4096,
+        "split": f"random 7:2:1, seed {SEED}, min_count 1", "embedding_dim": 10, "batch_size": 4096,
         "early_stopping": "patience 2 on validation AUC, lr x0.1 per epoch without gain, max epochs "
                           f"{args.max_epochs}",
     }
     results.setdefault("models", {})
     with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        params = project_params("frappe", encode={"split": {"method": "random", "fractions": [0.7, 0.2, 0.1]},
-                                                  "min_count": 1})
-        ingest.run(params)
-        encode.run(params)
-        fields, data = load_encoded()
+        fields, data = build_frappe(Path(tmp))
         for name in models:
             hparams, train, note = CONFIGS[name]
-            torch.manual_seed(params.seed)
+            torch.manual_seed(SEED)
             model = build_model(name, fields, embedding_dim=10, **hparams)
-            config = TrainConfig(**{"epochs": args.max_epochs, "batch_size": 4096, "lr": 1e-3, "seed": params.seed,
+            config = TrainConfig(**{"epochs": args.max_epochs, "batch_size": 4096, "lr": 1e-3, "seed": SEED,
                                     **train})
             start = time.perf_counter()
             result = Trainer(model, config).fit(data["train"], data["valid"])

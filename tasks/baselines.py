@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from aim.models import build_model
-from aim.train import Trainer, evaluate, predict
+from aim.train import Trainer, metrics, predict
 from tasks.common import FEATURE_MAP, METRICS, REPORTS, split_path, stage_main, write_json
 from tasks.config import ConfigError, Params
 from tasks.training import Checkpoint, History, fingerprint, load_encoded, train_config
@@ -56,11 +56,11 @@ def run(params: Params, model: str) -> dict[str, Any]:
     result = trainer.fit(splits["train"], splits["valid"])
 
     test = splits["test"]
-    scores = evaluate(net, test, config.eval_batch_size, config.precision)
-    predict(net, test.slice(0, 1024), config.eval_batch_size)  # warm-up, so timing sees steady state
+    predict(net, test.slice(0, 1024), config.eval_batch_size, precision=config.precision)  # warm-up
     start = time.perf_counter()
-    predict(net, test, config.eval_batch_size, precision=config.precision)
+    probabilities = predict(net, test, config.eval_batch_size, precision=config.precision)
     inference = time.perf_counter() - start
+    scores = metrics(test.label.cpu().numpy(), probabilities)
 
     summary = {
         "model": model,

@@ -19,7 +19,7 @@ PLANTED = {"rows": 40000, "seed": 11, "numeric_fields": 2, "categorical_fields":
            "planted_triples": 0, "interaction_strength": 1.5, "out_dir": "data/raw/synthetic"}
 
 
-def encoded_in(path: Path, params) -> tuple[list, dict[str, CTRData]]:
+def encoded_in(params) -> tuple[list, dict[str, CTRData]]:
     for stage in (ingest, encode):
         stage.run(params)
     return load_encoded()
@@ -37,7 +37,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, dict[str, C
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path_factory.mktemp("planted"))
         generate.run(params)
-        return encoded_in(Path.cwd(), params)
+        return encoded_in(params)
 
 
 def test_fm_and_deepfm_beat_logistic_regression_on_planted_interactions(planted) -> None:
@@ -115,7 +115,7 @@ def test_bf16_autocast_trains(planted) -> None:
 @needs_shared
 def test_fm_on_a_frappe_subsample_passes_an_auc_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    fields, data = encoded_in(tmp_path, project_params("frappe"))
+    fields, data = encoded_in(project_params("frappe"))
     torch.manual_seed(0)
     model = build_model("fm", fields, embedding_dim=10)
     generator = torch.Generator().manual_seed(0)

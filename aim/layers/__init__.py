@@ -1,6 +1,6 @@
 """Shared layers: embeddings, interaction functions, MLP, attention. Models are built from these."""
 
-from aim.layers.attention import AttentionPooling, MultiHeadSelfAttention
+from aim.layers.attention import AttentionNet, MultiHeadSelfAttention
 from aim.layers.embedding import FieldEmbedding, FieldLinear, NumericEmbedding, masked_mean
 from aim.layers.interaction import (
     FUNCTIONS,
@@ -16,7 +16,7 @@ from aim.layers.mlp import MLP
 __all__ = [
     "FUNCTIONS",
     "MLP",
-    "AttentionPooling",
+    "AttentionNet",
     "FieldEmbedding",
     "FieldLinear",
     "Interaction",

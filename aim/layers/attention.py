@@ -1,16 +1,15 @@
-"""Attention blocks: AFM's attention pooling over interactions, AutoInt's multi-head self-attention."""
+"""Attention blocks: AFM's attention network over interactions, AutoInt's multi-head self-attention."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class AttentionPooling(nn.Module):
-    """AFM's attention network: ``a_ij = softmax(h^T ReLU(W v_ij + b))`` over the m interactions.
+class AttentionNet(nn.Module):
+    """AFM's attention network: the score ``a'_ij = h^T ReLU(W v_ij + b)`` of each of the m interactions.
 
-    Returns the weights [B, m]; the model decides what to pool with them.
+    Returns the scores before the softmax: AFM and IFM mask empty pairs first, and IFM divides by a temperature.
     """
 
     def __init__(self, dim: int, attention_dim: int) -> None:
@@ -19,8 +18,12 @@ class AttentionPooling(nn.Module):
         self.score = nn.Linear(attention_dim, 1, bias=False)  # h
 
     def forward(self, interactions: Tensor) -> Tensor:
-        """``interactions`` [B, m, d] -> attention weights [B, m] that sum to 1 over m."""
-        return torch.softmax(self.score(F.relu(self.project(interactions))).squeeze(-1), dim=-1)
+        """``interactions`` [B, m, d] -> scores [B, m]."""
+        return self.score(F.relu(self.project(interactions))).squeeze(-1)
+
+    def weight_l2(self) -> Tensor:
+        """``||W||²``, the attention L2 of AFM's eq. 8."""
+        return self.project.weight.square().sum()
 
 
 class MultiHeadSelfAttention(nn.Module):

@@ -3,7 +3,7 @@
 ``y = w_0 + sum_i w_i + p^T sum_{i<j} a_ij (e_i ⊙ e_j)`` (eq. 6), with ``a_ij`` a softmax over the pairs of a
 one-layer attention network (eq. 5). Pairs are over fields; a multi-valued field enters as its pooled vector.
 
-The helpers here (``present_fields``, ``attention_logits``, ``masked_softmax``) are shared with ``ifm.py``.
+The helpers here (``present_fields``, ``pair_mask``, ``masked_softmax``) are shared with ``ifm.py``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aim.data import PADDING, CTRData, FieldSpec
-from aim.layers import AttentionPooling, FieldLinear, elementwise_products, pair_index
+from aim.layers import AttentionNet, FieldLinear, elementwise_products, pair_index
 from aim.models.base import CTRModel, register
 
 
@@ -38,15 +37,6 @@ def pair_mask(present: Tensor | None, pairs: Tensor) -> Tensor | None:
     if present is None:
         return None
     return present.index_select(1, pairs[:, 0]) & present.index_select(1, pairs[:, 1])
-
-
-def attention_logits(attention: AttentionPooling, interactions: Tensor) -> Tensor:
-    """``a'_ij = h^T ReLU(W v_ij + b)`` [B, m] before the softmax (AFM eq. 5, IFM eq. 5).
-
-    ``AttentionPooling`` returns the softmax; IFM divides the logits by a temperature and both models mask
-    empty pairs first, so they need the logits themselves (same parameters, same layer).
-    """
-    return attention.score(F.relu(attention.project(interactions))).squeeze(-1)
 
 
 def masked_softmax(logits: Tensor, mask: Tensor | None) -> Tensor:
@@ -80,7 +70,7 @@ class AFM(CTRModel):
         super().__init__(fields, **kwargs)
         self.attention_l2 = attention_l2
         self.linear = FieldLinear(fields)
-        self.attention = AttentionPooling(self.embedding_dim, attention_dim)
+        self.attention = AttentionNet(self.embedding_dim, attention_dim)
         # p starts at all ones: AFM with p ≡ 1 and uniform attention is FM scaled by 1/m (notes, after eq. 3).
         self.projection = nn.Parameter(torch.ones(self.embedding_dim))
         self.dropout = nn.Dropout(dropout)
@@ -88,7 +78,7 @@ class AFM(CTRModel):
 
     def attention_weights(self, batch: CTRData, products: Tensor) -> Tensor:
         """``a_ij`` [B, m] (eq. 5): a softmax over the pairs whose fields both have a value."""
-        return masked_softmax(attention_logits(self.attention, products), pair_mask(present_fields(batch), self.pairs))
+        return masked_softmax(self.attention(products), pair_mask(present_fields(batch), self.pairs))
 
     def forward(self, batch: CTRData) -> Tensor:
         embedded = self.embed(batch)
@@ -96,5 +86,5 @@ class AFM(CTRModel):
         weights = self.attention_weights(batch, products)
         pooled = (weights.unsqueeze(-1) * products).sum(1)  # f_Att (eq. 4)
         if self.attention_l2:
-            self.penalty = self.penalty + self.attention_l2 * self.attention.project.weight.square().sum()  # eq. 8
+            self.penalty = self.penalty + self.attention_l2 * self.attention.weight_l2()  # eq. 8
         return self.linear(batch) + pooled @ self.projection

@@ -83,11 +83,6 @@ class CTRModel(nn.Module):
         self.penalty = 0.0
         return self.embedding(batch)
 
-    @staticmethod
-    def l2(tensor: Tensor, weight: float) -> Tensor | float:
-        """``weight`` times the squared norm of ``tensor`` per sample (0 when weight is 0)."""
-        return weight * tensor.float().square().sum() / tensor.shape[0] if weight else 0.0
-
     def regularization(self) -> Tensor | float:
         """What the training loop adds to the mean log loss of a batch."""
         total: Tensor | float = self.penalty

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import MLP, AttentionPooling, FieldLinear, elementwise_products, pair_index
-from aim.models.afm import attention_logits, masked_softmax, pair_mask, present_fields
+from aim.layers import MLP, AttentionNet, FieldLinear, elementwise_products, pair_index
+from aim.models.afm import masked_softmax, pair_mask, present_fields
 from aim.models.base import CTRModel, register
 
 SampleInference = Literal["all", "top"]
@@ -58,7 +58,7 @@ class InteractionAwareModel(CTRModel):
         self.field_l2 = field_l2
         self.attention_l2 = attention_l2
         self.linear = FieldLinear(fields)
-        self.attention = AttentionPooling(self.embedding_dim, attention_dim)
+        self.attention = AttentionNet(self.embedding_dim, attention_dim)
         # U and D start near F ≡ 1 (U ≈ 1, D ≈ 1/K_F), i.e. near FM's all-ones vector of eq. 3: a product of
         # three small random factors would start the interaction term on a flat saddle at zero.
         self.field_embedding = nn.Parameter(1.0 + 0.1 * torch.randn(self.num_fields, field_factors))  # U
@@ -112,14 +112,14 @@ class InteractionAwareModel(CTRModel):
         if chosen is not None:
             pairs, field_aspect = pairs.index_select(0, chosen), field_aspect.index_select(0, chosen)
         products = self.dropout(elementwise_products(embedded, pairs))  # P_F (eq. 8)
-        logits = attention_logits(self.attention, products) / self.temperature
+        logits = self.attention(products) / self.temperature
         weights = masked_softmax(logits, pair_mask(present_fields(batch), pairs))  # T_ij (eq. 5)
         if self.field_l2:
             self.penalty = self.penalty + self.field_l2 * (
                 self.field_embedding.square().sum() + self.factor_matrix.square().sum()
             )
         if self.attention_l2:
-            self.penalty = self.penalty + self.attention_l2 * self.attention.project.weight.square().sum()
+            self.penalty = self.penalty + self.attention_l2 * self.attention.weight_l2()
         return weights, field_aspect * products
 
     def ifm_term(self, batch: CTRData, embedded: Tensor) -> Tensor:
