@@ -39,6 +39,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast matmuls and attention to bfloat16
     eval_batch_size: int = 65536
     progress: bool = False  # a progress bar over each epoch's batches
+    restore_best: bool = True  # end with the best epoch's weights; a search reads its gates from the last epoch
 
 
 @dataclass
@@ -129,7 +130,11 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.callbacks = list(callbacks)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # A model that searches gates says which optimizer trains what (GRDA for gates, Adam for the rest).
+        if hasattr(model, "optimizers"):
+            self.optimizers = model.optimizers(config.lr, config.weight_decay)
+        else:
+            self.optimizers = [torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)]
         self.epoch = 0  # epochs completed
         self.best_auc = -math.inf
         self.best_epoch = 0
@@ -144,7 +149,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
             "epoch": self.epoch,
             "best_auc": self.best_auc,
             "best_epoch": self.best_epoch,
@@ -158,7 +163,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
         self.epoch, self.best_auc, self.best_epoch = state["epoch"], state["best_auc"], state["best_epoch"]
         self.best_state, self.bad_epochs = state["best_state"], state["bad_epochs"]
         self.history = [EpochRecord(**r) for r in state["history"]]
@@ -177,7 +183,7 @@ class Trainer:
             for cb in self.callbacks:
                 if hasattr(cb, "on_epoch_end"):
                     cb.on_epoch_end(self, record)
-        if self.best_state is not None:  # keep the best weights, not the last
+        if cfg.restore_best and self.best_state is not None:  # keep the best weights, not the last
             self.model.load_state_dict(self.best_state)
         return FitResult(
             best_epoch=self.best_epoch,
@@ -209,11 +215,13 @@ class Trainer:
                 logits = model(batch)
             loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
             objective = loss + model.regularization() if hasattr(model, "regularization") else loss
-            self.optimizer.zero_grad(set_to_none=True)
+            for optimizer in self.optimizers:
+                optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            for optimizer in self.optimizers:
+                optimizer.step()
             total_loss += loss.detach() * len(batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -229,14 +237,15 @@ class Trainer:
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             self.bad_epochs += 1
-            for group in self.optimizer.param_groups:
-                group["lr"] = max(group["lr"] * cfg.lr_decay, cfg.min_lr)
+            for optimizer in self.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = max(group["lr"] * cfg.lr_decay, cfg.min_lr)
         return EpochRecord(
             epoch=self.epoch,
             train_loss=float(total_loss) / len(train),
             valid_auc=scores["auc"],
             valid_logloss=scores["logloss"],
-            lr=self.optimizer.param_groups[0]["lr"],
+            lr=self.optimizers[0].param_groups[0]["lr"],
             seconds=seconds,
             samples_per_second=len(train) / seconds,
             improved=improved,

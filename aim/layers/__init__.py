@@ -1,7 +1,7 @@
 """Shared layers: embeddings, interaction functions, MLP, attention. Models are built from these."""
 
 from aim.layers.attention import AttentionNet, MultiHeadSelfAttention
-from aim.layers.embedding import FieldEmbedding, FieldLinear, NumericEmbedding, masked_mean
+from aim.layers.embedding import FieldEmbedding, FieldLinear, NumericEmbedding, PrunedFieldEmbedding, masked_mean
 from aim.layers.interaction import (
     FUNCTIONS,
     Interaction,
@@ -23,6 +23,7 @@ __all__ = [
     "InteractionFunction",
     "MultiHeadSelfAttention",
     "NumericEmbedding",
+    "PrunedFieldEmbedding",
     "combination_index",
     "elementwise_products",
     "gather_fields",

@@ -76,3 +76,77 @@ class FieldLinear(nn.Module):
 
     def forward(self, batch: CTRData) -> Tensor:
         return self.weights(batch).sum((1, 2)) + self.bias
+
+
+class PrunedFieldEmbedding(nn.Module):
+    """Field embeddings with a size of their own per field: the Map of the AIM paper's eq. 18.
+
+    ``kept[i]`` lists the dimension positions (of ``dim``) that field i keeps after the embedding-dimension
+    search. Field i's table really has ``len(kept[i])`` columns: all tables live in one flat parameter,
+    ``sum_i vocab_i * d_i`` numbers, so the parameter count drops. ``forward`` gives
+
+    * ``compact`` [B, sum_i d_i]: the kept numbers of every field, side by side (what an MLP takes), and
+    * ``full`` [B, n, dim]: each field's numbers scattered back to their kept positions, zeros elsewhere, for
+      the interaction functions that need equal sizes (no parameters added).
+
+    Both come from one gather: ``flat[row_base_f + code * d_f + slot]``; multi-valued fields mean-pool their
+    codes as in ``FieldEmbedding``.
+    """
+
+    def __init__(self, fields: Sequence[FieldSpec], dim: int, kept: Sequence[Sequence[int]],
+                 init_std: float = 1e-4) -> None:
+        super().__init__()
+        self.fields, self.dim = tuple(fields), dim
+        if len(kept) != len(self.fields):
+            raise ValueError(f"kept has {len(kept)} entries for {len(self.fields)} fields")
+        for f, positions in zip(self.fields, kept, strict=True):
+            if sorted(set(positions)) != list(positions) or any(not 0 <= p < dim for p in positions):
+                raise ValueError(f"field {f.name!r}: kept positions must be increasing and in [0, {dim}), "
+                                 f"got {list(positions)}")
+        self.kept = tuple(tuple(int(p) for p in positions) for positions in kept)
+        sizes = torch.tensor([len(p) for p in self.kept], dtype=torch.int64)
+        vocab = torch.tensor([f.vocab_size for f in self.fields], dtype=torch.int64)
+        table_size = vocab * sizes
+        self.weight = nn.Parameter(torch.empty(int(table_size.sum())))
+        nn.init.normal_(self.weight, std=init_std)
+        self.register_buffer("row_base", torch.cumsum(table_size, 0) - table_size, persistent=False)
+        self.register_buffer("sizes", sizes, persistent=False)
+        # Column s of `compact` is slot slot_of[s] of field field_of[s].
+        field_of = torch.repeat_interleave(torch.arange(len(self.fields)), sizes)
+        slot_of = torch.cat([torch.arange(int(s)) for s in sizes] + [torch.zeros(0, dtype=torch.int64)])
+        self.register_buffer("field_of", field_of, persistent=False)
+        self.register_buffer("slot_of", slot_of, persistent=False)
+        # full[:, i, p] = compact_padded[:, scatter[i * dim + p]]; index sum(d) is an appended zero column.
+        total = int(sizes.sum())
+        scatter = torch.full((len(self.fields) * dim,), total, dtype=torch.int64)
+        for s, (i, slot) in enumerate(zip(field_of.tolist(), slot_of.tolist(), strict=True)):  # once, at build
+            scatter[i * dim + self.kept[i][slot]] = s
+        self.register_buffer("scatter", scatter, persistent=False)
+        single = [i for i, f in enumerate(self.fields) if not f.multi_valued]
+        self.multi_fields = [i for i, f in enumerate(self.fields) if f.multi_valued]
+        # The column of batch.single behind each column of `compact` (0, masked, for multi-valued fields).
+        column_of_field = torch.full((len(self.fields),), -1, dtype=torch.int64)
+        column_of_field[single] = torch.arange(len(single))
+        source = column_of_field[field_of]
+        self.register_buffer("source_column", source.clamp_min(0), persistent=False)
+        self.register_buffer("is_single", source >= 0, persistent=False)
+
+    @property
+    def output_size(self) -> int:
+        return int(self.sizes.sum())
+
+    def forward(self, batch: CTRData) -> tuple[Tensor, Tensor]:
+        codes = batch.single.index_select(1, self.source_column).to(torch.int64) * self.is_single  # [B, S]
+        index = self.row_base[self.field_of] + codes * self.sizes[self.field_of] + self.slot_of
+        compact = self.weight[index] * self.is_single  # multi-valued columns are filled below
+        for j, i in enumerate(self.multi_fields):
+            cols = torch.nonzero(self.field_of == i).flatten()
+            if len(cols) == 0:
+                continue
+            multi = batch.multi[j].to(torch.int64)  # [B, L]
+            idx = self.row_base[i] + multi.unsqueeze(-1) * self.sizes[i] + self.slot_of[cols]  # [B, L, d_i]
+            pooled = masked_mean(self.weight[idx], multi != PADDING)
+            compact = compact.index_copy(1, cols, pooled)
+        padded = torch.cat([compact, compact.new_zeros(compact.shape[0], 1)], 1)
+        full = padded.index_select(1, self.scatter).view(-1, len(self.fields), self.dim)
+        return compact, full

@@ -61,6 +61,17 @@ class Interaction(nn.Module):
             self.kernel = nn.Parameter(torch.ones(m))
         elif function == "outer":
             self.kernel = nn.Parameter(torch.randn(m, p, dim) / dim**0.5)
+            # Each field's projections as one small matmul: slot (k, s) is column `slot` of field index[k, s].
+            # Count how many slots each field has, and give each slot its rank within its field.
+            flat = index.flatten().to(torch.int64)
+            order = torch.argsort(flat, stable=True)
+            counts = torch.bincount(flat, minlength=int(flat.max()) + 1)
+            starts = torch.cumsum(counts, 0) - counts
+            rank = torch.empty_like(flat)
+            rank[order] = torch.arange(len(flat)) - starts[flat[order]]
+            self.register_buffer("slot_field", flat, persistent=False)
+            self.register_buffer("slot_rank", rank, persistent=False)
+            self.slots_per_field = int(counts.max())
 
     @property
     def num_interactions(self) -> int:
@@ -75,10 +86,29 @@ class Interaction(nn.Module):
             scores = gram.index_select(1, self.index[:, 0] * n + self.index[:, 1])
             return scores * self.kernel if self.function == "scalar_kernel" else scores
         if self.function == "outer":
-            projections = (gather_fields(embedded, self.index) * self.kernel).sum(-1)  # [B, m, p]
-            return projections.prod(-1)
-        products = elementwise_products(embedded, self.index)
+            return self._outer(embedded)
+        # Fields first ([n, B, d]): gathering whole [B, d] rows makes the backward (an index_add) ~2x faster on CPU
+        # than gathering along dim 1.
+        by_field = embedded.transpose(0, 1)
+        products = by_field.index_select(0, self.index[:, 0])
+        for s in range(1, self.index.shape[1]):
+            products = products * by_field.index_select(0, self.index[:, s])  # [m, B, d]
         if self.function == "vector_kernel":
-            return (products * self.kernel).sum(-1)
-        scores = products.sum(-1)
+            return torch.einsum("mbd,md->bm", products, self.kernel)
+        scores = products.sum(-1).T
         return scores * self.kernel if self.function == "scalar_kernel" else scores
+
+    def _outer(self, embedded: Tensor) -> Tensor:
+        """prod_s <w_ks, e_{index[k, s]}>, without gathering a [B, m, p, d] copy of the embeddings.
+
+        The m*p projection vectors are placed in a [n, slots, d] array by field, so every field's projections
+        are one batched matmul, [n, B, d] @ [n, d, slots]; that is several times faster on CPU than the gather.
+        """
+        batch, n, d = embedded.shape
+        m, p = self.index.shape
+        weights = embedded.new_zeros(n, self.slots_per_field, d)
+        weights = weights.index_put((self.slot_field, self.slot_rank), self.kernel.reshape(m * p, d))
+        projections = torch.bmm(embedded.transpose(0, 1), weights.transpose(1, 2))  # [n, B, slots]
+        projections = projections.permute(1, 0, 2).reshape(batch, n * self.slots_per_field)
+        picked = projections.index_select(1, self.slot_field * self.slots_per_field + self.slot_rank)
+        return picked.view(batch, m, p).prod(-1)

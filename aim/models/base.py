@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import FieldEmbedding
+from aim.layers import FieldEmbedding, PrunedFieldEmbedding
 
 MODELS: dict[str, type[CTRModel]] = {}
 M = TypeVar("M", bound="type[CTRModel]")
@@ -87,7 +87,7 @@ class CTRModel(nn.Module):
         """What the training loop adds to the mean log loss of a batch."""
         total: Tensor | float = self.penalty
         if self.embedding_l2:
-            tables = [m.weight for m in self.modules() if isinstance(m, FieldEmbedding)]
+            tables = [m.weight for m in self.modules() if isinstance(m, FieldEmbedding | PrunedFieldEmbedding)]
             total = total + 0.5 * self.embedding_l2 * sum(w.square().sum() for w in tables)
         return total
 

@@ -1,0 +1,6 @@
+"""The search: gates and GRDA, candidate interactions (Algorithm 1), and what a search keeps."""
+
+from aim.search.architecture import Interaction, all_pairs, combine, importance, kept, top_k
+from aim.search.grda import GRDA
+
+__all__ = ["GRDA", "Interaction", "all_pairs", "combine", "importance", "kept", "top_k"]
