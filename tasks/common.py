@@ -23,6 +23,8 @@ FEATURE_MAP = ENCODED / "feature_map.json"
 VOCAB = ENCODED / "vocab.parquet"
 METRICS = Path("metrics")
 REPORTS = Path("reports")
+PREDICTIONS = REPORTS / "predictions"  # each trained model's test-split probabilities, for evaluate's ROC curves
+GATES = Path("gates")  # what the searches keep
 
 # Reserved codes of every field's vocabulary; real values start at FIRST_CODE.
 PADDING, OOV, MISSING = 0, 1, 2

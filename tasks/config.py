@@ -209,6 +209,86 @@ class TrainSection(Strict):
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     eval_batch_size: Annotated[int, Field(ge=1)] = 65536
+    restore_best: bool = True  # end with the best epoch's weights (a search reads its gates at the last epoch)
+
+
+def _check_train_keys(overrides: Any, where: str) -> dict[str, Any]:
+    """A ``train:`` override inside another section: a mapping of known TrainSection keys."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{where} must be a mapping of train settings")
+    unknown = sorted(set(overrides) - set(TrainSection.model_fields))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key (train takes {sorted(TrainSection.model_fields)})")
+    return overrides
+
+
+class GRDASection(Strict):
+    """GRDA for the gates: l1(t) = c * sqrt(lr) * (lr * t)^mu; larger c or mu prune more."""
+
+    lr: Annotated[float, Field(gt=0)] = 0.1
+    c: Annotated[float, Field(ge=0)] = 0.05
+    mu: Annotated[float, Field(ge=0, lt=1)] = 0.9
+
+
+InteractionFunctionName = Literal["inner", "outer", "vector_kernel", "scalar_kernel"]
+
+
+class SearchConfig(Strict):
+    """search_interaction: which interactions (FIS) and functions (IFS) to keep, order by order."""
+
+    mode: Literal["fis", "fis_ifs"] = "fis_ifs"
+    functions: list[InteractionFunctionName] = ["inner", "outer", "vector_kernel", "scalar_kernel"]
+    max_order: Annotated[int, Field(ge=2, le=4)] = 3
+    top_k: Annotated[int, Field(ge=1)] | None = None  # field sets of order p-1 that seed order p; None: n // 2
+    embedding_dim: Annotated[int, Field(ge=1)] = 10
+    embedding_l2: Annotated[float, Field(ge=0)] = 0.001
+    gate_init: float = 0.5
+    grda: GRDASection = GRDASection()
+    train: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchConfig:
+        _check_train_keys(self.train, "train")
+        if not self.functions:
+            raise ValueError("functions: name at least one interaction function")
+        return self
+
+    @property
+    def searched_functions(self) -> list[str]:
+        """AutoFIS (``fis``) searches pairs under the inner product only."""
+        return ["inner"] if self.mode == "fis" else list(dict.fromkeys(self.functions))
+
+
+class SearchEmbedConfig(Strict):
+    """search_embed: gates per field x embedding dimension (EDS), with the selected interactions fixed."""
+
+    enabled: bool = True  # false: retrain keeps every dimension (search_embed still writes the full sizes)
+    dim_gate_init: float = 1.0
+    embedding_l2: Annotated[float, Field(ge=0)] = 0.001
+    grda: GRDASection = GRDASection()
+    train: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchEmbedConfig:
+        _check_train_keys(self.train, "train")
+        return self
+
+
+class RetrainConfig(Strict):
+    """retrain: the selected interactions x functions x dimensions, gates as attention weights, plus an MLP."""
+
+    hidden_units: list[Annotated[int, Field(ge=1)]] = [400, 400, 400]
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    batch_norm: bool = True
+    embedding_l2: Annotated[float, Field(ge=0)] = 0.001
+    train: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrainConfig:
+        _check_train_keys(self.train, "train")
+        return self
 
 
 class BaselinesConfig(Strict):
@@ -233,15 +313,7 @@ class BaselinesConfig(Strict):
     @model_validator(mode="after")
     def _check_train_overrides(self) -> BaselinesConfig:
         for name, entry in self.models.items():
-            overrides = (entry or {}).get("train")
-            if overrides is None:
-                continue
-            if not isinstance(overrides, dict):
-                raise ValueError(f"models.{name}.train must be a mapping of train settings")
-            unknown = sorted(set(overrides) - set(TrainSection.model_fields))
-            if unknown:
-                raise ValueError(f"models.{name}.train.{unknown[0]}: unknown key (train takes "
-                                 f"{sorted(TrainSection.model_fields)})")
+            _check_train_keys((entry or {}).get("train"), f"models.{name}.train")
         return self
 
 
@@ -258,6 +330,11 @@ class Params(Strict):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     train: TrainSection = TrainSection()
     baselines: BaselinesConfig = BaselinesConfig()
+    search: SearchConfig = SearchConfig()
+    search_embed: SearchEmbedConfig = SearchEmbedConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    autofis: dict[str, Any] = {"mode": "fis", "max_order": 2}  # AutoFIS = `search` with these keys changed
+    transfer: BaselinesConfig = BaselinesConfig()  # DeepFM+IF, IPNN+IF: baselines given the searched set
     datasets: dict[str, DatasetSpec]
 
     @model_validator(mode="after")
@@ -271,7 +348,8 @@ class Params(Strict):
         return self.datasets[self.dataset]
 
 
-KNOWN_TOP_LEVEL = {"dataset", "seed", "generate", "ingest", "encode", "validate", "train", "baselines", "datasets"}
+KNOWN_TOP_LEVEL = {"dataset", "seed", "generate", "ingest", "encode", "validate", "train", "baselines", "search",
+                   "search_embed", "retrain", "autofis", "transfer", "datasets"}
 
 
 def _format_error(err: ValidationError, path: Path) -> str:

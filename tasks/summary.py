@@ -43,6 +43,12 @@ def render() -> str:
             m = json.loads(path.read_text())
             lines.append(f"  {m['model']:14s} {m['test_auc']:.4f}   {m['test_logloss']:.4f}  {m['parameters']:>9,}  "
                          f"{m['epochs']:>4}   {m['train_samples_per_second']:>12,.0f}")
+    evaluation = _load(METRICS / "evaluate.json")
+    if evaluation:
+        from tasks.evaluate import render as render_evaluation
+
+        lines += ["", "evaluate  every model on the test split (metrics/evaluate.json, reports/evaluate/report.md)",
+                  render_evaluation(evaluation)]
     return "\n".join(lines)
 
 

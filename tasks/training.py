@@ -5,19 +5,25 @@ through which a stage keeps a run's history and checkpoints (the loop itself, ai
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from pydantic import ValidationError
 
 from aim.data import CTRData, FieldSpec, from_arrow
-from aim.train import EpochRecord, TrainConfig, Trainer
-from tasks.common import FEATURE_MAP, LABEL, SPLITS, StageError, progress_enabled, read_json, split_path
+from aim.models import CTRModel
+from aim.train import EpochRecord, TrainConfig, Trainer, metrics, predict
+from tasks.common import FEATURE_MAP, LABEL, REPORTS, SPLITS, StageError, progress_enabled, read_json, split_path
 from tasks.config import ConfigError, Params, TrainSection
+
+MODELS_DIR = Path("models")
 
 
 def load_fields(feature_map: dict[str, Any]) -> list[FieldSpec]:
@@ -114,3 +120,52 @@ class History:
             for r in trainer.history:
                 writer.writerow([round(getattr(r, k), 6) if isinstance(getattr(r, k), float) else getattr(r, k)
                                  for k in self.FIELDS])
+
+
+def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData], name: str,
+                   settings: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """Train ``net`` (resuming a checkpoint of the same ``settings`` and data), then score the test split.
+
+    The per-epoch curve goes to ``reports/<name>.csv``, the checkpoint to ``models/checkpoints/<name>.ckpt``
+    (removed once done). Returns the summary every training stage reports, and the test probabilities.
+    """
+    trainer = Trainer(net, config, callbacks=[History(REPORTS / f"{name}.csv", name)])
+    key = fingerprint(name, settings, dataclasses.asdict(config) | {"progress": None}, FEATURE_MAP,
+                      *(split_path(s).stat().st_size for s in SPLITS))
+    checkpoint = Checkpoint(MODELS_DIR / "checkpoints" / f"{name}.ckpt", key)
+    checkpoint.restore(trainer)
+    trainer.callbacks.append(checkpoint)
+    print(f"{name}: {net.num_parameters():,} parameters, {len(splits['train']):,} train rows, "
+          f"device {trainer.device}, {config.precision}", flush=True)
+    result = trainer.fit(splits["train"], splits["valid"])
+
+    test = splits["test"]
+    predict(net, test.slice(0, 1024), config.eval_batch_size, precision=config.precision)  # warm-up
+    start = time.perf_counter()
+    probabilities = predict(net, test, config.eval_batch_size, precision=config.precision)
+    inference = time.perf_counter() - start
+    scores = metrics(test.label.cpu().numpy(), probabilities)
+    checkpoint.remove()  # finished: the next run starts afresh
+    print(f"{name}: test AUC {scores['auc']:.5f}, logloss {scores['logloss']:.5f} "
+          f"(best epoch {result.best_epoch} of {result.epochs_run}, {result.train_seconds:.1f} s training)", flush=True)
+    summary = {
+        "test_auc": scores["auc"],
+        "test_logloss": scores["logloss"],
+        "valid_auc": result.best_valid_auc if config.restore_best else result.history[-1].valid_auc,
+        "parameters": net.num_parameters(),
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "train_seconds": round(result.train_seconds, 3),
+        "train_samples_per_second": round(result.train_samples_per_second, 1),
+        "inference_seconds_per_100k": round(inference / len(test) * 100_000, 4),
+        "device": str(trainer.device),
+        "precision": config.precision,
+    }
+    return summary, probabilities
+
+
+def save_model(path: Path, net: CTRModel, fields: list[FieldSpec], **extra: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.name, "fields": [dataclasses.asdict(f) for f in fields],
+                "state_dict": net.state_dict(), **extra}, path)

@@ -41,7 +41,7 @@ def test_stage_writes_metrics_model_and_curve(encoded: Path) -> None:
     assert model["model"] == "fm" and sum(v.numel() for v in model["state_dict"].values()) == saved["parameters"]
     curve = Path("reports/baselines/fm.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,train_loss,valid_auc") and len(curve) == saved["epochs"] + 1
-    assert not Path("models/checkpoints/fm.ckpt").exists()  # removed once the run finished
+    assert not Path("models/checkpoints/baselines/fm.ckpt").exists()  # removed once the run finished
 
 
 def test_same_params_same_metrics(encoded: Path) -> None:
@@ -64,9 +64,9 @@ def test_a_stopped_run_resumes_from_its_checkpoint(encoded: Path, capsys: pytest
         mp.setattr(Checkpoint, "on_epoch_end", crash_after_first_epoch)
         with pytest.raises(KeyboardInterrupt):
             baselines.run(params, "fm")
-    assert Path("models/checkpoints/fm.ckpt").exists()
+    assert Path("models/checkpoints/baselines/fm.ckpt").exists()
     resumed = baselines.run(params, "fm")
-    assert "resuming from models/checkpoints/fm.ckpt after epoch 1" in capsys.readouterr().out
+    assert "resuming from models/checkpoints/baselines/fm.ckpt after epoch 1" in capsys.readouterr().out
     assert resumed["test_auc"] == uninterrupted["test_auc"] and resumed["epochs"] == uninterrupted["epochs"]
 
 

@@ -21,6 +21,7 @@ def sh(cmd: list[str], cwd: Path) -> str:
 
 
 BASELINES = ["baselines@lr", "baselines@fm"]
+AIM = ["search_interaction", "search_embed", "retrain", "autofis", "transfer@deepfm_if", "transfer@ipnn_if"]
 
 
 def ran(output: str) -> list[str]:
@@ -40,6 +41,9 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["generate"]["rows"] = 3000
     params["baselines"]["models"] = {"lr": {}, "fm": {}}  # two models keep the test quick
     params["train"]["epochs"] = 2
+    for section in ("search", "search_embed", "retrain"):  # the searches set their own epochs
+        params[section]["train"]["epochs"] = 2
+    params["search"]["functions"] = ["inner", "vector_kernel"]
     for spec in params["datasets"].values():  # the clone lives elsewhere: point presets at ../shared for real
         spec["paths"] = [p.replace("../shared/data", str(SHARED_DATA)) for p in spec["paths"]]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -50,28 +54,38 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_repro_then_nothing_then_only_downstream(clone: Path) -> None:
-    first = sh(["dvc", "repro"], clone)
-    assert ran(first) == ["generate", "ingest", "encode", "validate", *BASELINES]
+    first = ran(sh(["dvc", "repro"], clone))
+    assert first[:4] == ["generate", "ingest", "encode", "validate"] and first[-1] == "evaluate"
+    assert sorted(first[4:-1]) == sorted(BASELINES + AIM)
     for out in ("data/encoded/train.parquet", "data/encoded/feature_map.json", "metrics/validate.json",
                 "reports/validation/data_docs/index.html", "dvc.lock", "metrics/baselines/fm.json",
-                "models/baselines/fm.pt", "reports/baselines/lr.csv"):
+                "models/baselines/fm.pt", "reports/baselines/lr.csv", "gates/interaction.json", "gates/embed.json",
+                "models/aim.pt", "metrics/retrain.json", "metrics/evaluate.json", "reports/evaluate/report.md",
+                "reports/evaluate/gates_heatmap.png", "metrics/transfer/ipnn_if.json", "metrics/autofis.json"):
         assert (clone / out).exists(), out
     assert ran(sh(["dvc", "repro"], clone)) == []  # nothing changed: nothing runs
 
     params = yaml.safe_load((clone / "params.yaml").read_text())
     params["encode"]["min_count"] = 3
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(sh(["dvc", "repro"], clone)) == ["encode", "validate", *BASELINES]
+    again = ran(sh(["dvc", "repro"], clone))
+    assert again[:2] == ["encode", "validate"] and sorted(again[2:-1]) == sorted(BASELINES + AIM)
 
     params["baselines"]["models"]["fm"] = {"embedding_l2": 0.001}  # one model's settings: only it retrains
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(sh(["dvc", "repro"], clone)) == ["baselines@fm"]
+    assert ran(sh(["dvc", "repro"], clone)) == ["baselines@fm", "evaluate"]
+
+    params["search_embed"]["grda"]["c"] = 0.2  # an EDS param: search_embed onward, not the interaction search
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(sh(["dvc", "repro"], clone)) == ["search_embed", "retrain", "evaluate"]
 
 
 @needs_shared
 def test_exp_run_switches_dataset(clone: Path) -> None:
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "min_count 3"], clone)
     out = sh(["dvc", "exp", "run", "-S", "dataset=criteo"], clone)
-    assert ran(out) == ["ingest", "encode", "validate", *BASELINES]  # generate's params did not change
+    stages = ran(out)
+    assert stages[:3] == ["ingest", "encode", "validate"]  # generate's params did not change
+    assert sorted(stages[3:-1]) == sorted(BASELINES + AIM) and stages[-1] == "evaluate"
     metrics = yaml.safe_load((clone / "metrics/ingest.json").read_text())
     assert metrics["dataset"] == "criteo" and metrics["rows_ok"] == 8000

@@ -1,0 +1,41 @@
+"""autofis: the AutoFIS baseline, AIM's predecessor: FIS over pairs with the inner product, then retrain.
+
+The same search and retrain as the AIM stages (``tasks/search_interaction.py``, ``tasks/retrain.py``), with
+``search`` overlaid by the ``autofis`` section (by default ``mode: fis, max_order: 2``), no embedding-dimension
+search, and the retrain settings of ``retrain``. Writes ``gates/autofis.json``, ``metrics/autofis.json``
+and ``models/autofis.pt``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from tasks.common import GATES, METRICS, stage_main, write_json
+from tasks.config import ConfigError, Params, SearchConfig
+from tasks.retrain import retrain
+from tasks.search_interaction import search
+from tasks.training import MODELS_DIR, load_encoded, save_model
+
+
+def run(params: Params) -> dict[str, Any]:
+    try:
+        section = SearchConfig.model_validate(params.search.model_dump() | params.autofis)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"params.yaml: autofis: {problems}") from None
+    fields, splits = load_encoded()
+    gates = search(params, section, fields, splits, "autofis_search")
+    write_json(GATES / "autofis.json", gates)
+    summary, net = retrain(params, params.retrain, fields, splits, gates, None, "autofis",
+                           GATES / "autofis.json")
+    summary = {"model": "autofis", **summary, "search_model_test_auc": gates["search_model"]["test_auc"],
+               "order2_selection_ratio": gates["orders"]["2"]["selection_ratio"]}
+    write_json(METRICS / "autofis.json", summary)
+    save_model(MODELS_DIR / "autofis.pt", net, fields, interactions=gates["interactions"])
+    return summary
+
+
+if __name__ == "__main__":
+    stage_main(run)

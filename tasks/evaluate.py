@@ -1,0 +1,182 @@
+"""evaluate: every model on the test split in one table, the figures, and what the search recovered.
+
+Reads the metrics every training stage wrote (baselines, AutoFIS, the AIM search model, AIM retrain, the
+transfers), the gate files and the saved test predictions. Writes
+
+* ``metrics/evaluate.json``: the table (AUC, logloss, parameters, train time, inference time per 100k rows,
+  selection ratios) and, on the synthetic default, how many planted interactions the searches recovered;
+* ``reports/evaluate/report.md`` with the same table, and PNGs: the gate matrix per function, kept
+  functions per order, embedding size per field, ROC curves, gate against statistics_AUC per pair (Fig. 7).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import plots
+from tasks.common import GATES, METRICS, PREDICTIONS, REPORTS, read_json, stage_main, write_json
+from tasks.config import Params
+from tasks.training import load_encoded
+
+OUT = REPORTS / "evaluate"
+TRUTH = Path("data/raw/synthetic/truth.json")
+COLUMNS = ("model", "kind", "test_auc", "test_logloss", "parameters", "train_seconds", "inference_seconds_per_100k",
+           "order2_selection_ratio", "interactions")
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table() -> list[dict[str, Any]]:
+    """One row per trained model, best test AUC first."""
+    rows: list[dict[str, Any]] = []
+
+    def add(kind: str, m: dict[str, Any] | None, **extra: Any) -> None:
+        if m:
+            rows.append({c: m.get(c) for c in COLUMNS} | {"kind": kind} | extra)
+
+    for path in sorted((METRICS / "baselines").glob("*.json")):
+        add("baseline", _load(path))
+    add("baseline", _load(METRICS / "autofis.json"))
+    gates = _load(GATES / "interaction.json")
+    if gates:
+        orders = gates["orders"]
+        add("aim search", {**gates["search_model"], "model": "aim (search model)",
+                           "train_seconds": round(sum(o["train_seconds"] for o in orders.values()), 3),
+                           "order2_selection_ratio": orders["2"]["selection_ratio"],
+                           "interactions": len(gates["interactions"])})
+        retrain = _load(METRICS / "retrain.json")
+        if retrain:
+            add("aim", {**retrain, "model": "aim (retrain)", "order2_selection_ratio": orders["2"]["selection_ratio"]})
+    for path in sorted((METRICS / "transfer").glob("*.json")):
+        add("transfer", _load(path))
+    return sorted(rows, key=lambda r: -(r["test_auc"] or 0))
+
+
+def recovery(gates: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
+    """Planted interactions against kept field sets. A pair inside a planted triple carries real signal at
+    order 2 too (the triple's marginal), so order-2 precision is given strictly and counting those pairs."""
+    kept: dict[int, set[frozenset[str]]] = {}
+    for it in gates["interactions"]:
+        kept.setdefault(it["order"], set()).add(frozenset(it["fields"]))
+    pairs = {frozenset(p) for p in truth["planted_pairs"]}
+    triples = {frozenset(t) for t in truth["planted_triples"]}
+    sub_pairs = {frozenset(p) for t in truth["planted_triples"] for p in itertools.combinations(sorted(t), 2)}
+    k2, k3 = kept.get(2, set()), kept.get(3, set())
+    out = {
+        "planted_pairs": len(pairs),
+        "pairs_recovered": len(pairs & k2),
+        "pair_recall": len(pairs & k2) / len(pairs) if pairs else None,
+        "pairs_kept": len(k2),
+        "pair_precision": len(pairs & k2) / len(k2) if k2 else None,
+        "pair_precision_with_triple_subpairs": len((pairs | sub_pairs) & k2) / len(k2) if k2 else None,
+        "planted_triples": len(triples),
+    }
+    if gates["max_order"] >= 3:
+        out |= {"triples_recovered": len(triples & k3), "triple_recall": len(triples & k3) / len(triples)
+                if triples else None, "triples_kept": len(k3),
+                "triple_precision": len(triples & k3) / len(k3) if k3 else None}
+    return out
+
+
+def figures(gates: dict[str, Any], embed: dict[str, Any] | None, planted: set[str]) -> list[Path]:
+    """The PNGs of the report."""
+    paths = [plots.gate_heatmaps(gates, OUT / "gates_heatmap.png"), plots.function_counts(gates, OUT / "functions.png")]
+    if embed:
+        paths.append(plots.embedding_sizes(embed, OUT / "embedding_sizes.png"))
+    fields, splits = load_encoded()
+    labels = splits["test"].label.numpy()
+    curves = {p.stem: (labels, np.load(p)) for p in sorted(PREDICTIONS.glob("*.npy"))}
+    curves = {k: v for k, v in curves.items() if len(v[1]) == len(labels)}  # a stale file of other data: skip
+    if curves:
+        paths.append(plots.roc_curves(curves, OUT / "roc.png"))
+    # Fig. 7: statistics_AUC of every pair of single-valued fields against its gate (summed over functions).
+    single = [f.name for f in fields if not f.multi_valued]
+    pairs = np.array(list(itertools.combinations(range(len(single)), 2)))
+    if len(pairs):
+        stat = plots.pair_statistics_auc(splits["train"].single.numpy(), splits["train"].label.numpy(),
+                                         splits["test"].single.numpy(), labels, pairs)
+        gate = {}
+        for it in gates["interactions"]:
+            if it["order"] == 2:
+                key = tuple(sorted(it["fields"], key=single.index)) if set(it["fields"]) <= set(single) else None
+                if key:
+                    gate[key] = gate.get(key, 0.0) + it["gate"]
+        names = [(single[i], single[j]) for i, j in pairs]
+        values = np.array([gate.get(n, 0.0) for n in names])
+        paths.append(plots.gate_vs_statistics_auc(values, stat, [f"{a}×{b}" for a, b in names],
+                                                  OUT / "gate_vs_statistics_auc.png", highlight=planted))
+    return paths
+
+
+def markdown(rows: list[dict[str, Any]], recovered: dict[str, Any], images: list[Path]) -> str:
+    def fmt(v: Any, digits: int = 4) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.{digits}f}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    lines = ["# Evaluation on the test split", "",
+             "| model | kind | test AUC | logloss | parameters | train s | inference s / 100k | order-2 kept | "
+             "interactions |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['kind']} | {fmt(r['test_auc'])} | {fmt(r['test_logloss'])} | "
+                     f"{fmt(r['parameters'])} | {fmt(r['train_seconds'], 1)} | "
+                     f"{fmt(r['inference_seconds_per_100k'], 3)} | {fmt(r['order2_selection_ratio'], 3)} | "
+                     f"{fmt(r['interactions'])} |")
+    for name, rec in recovered.items():
+        lines += ["", f"## Planted interactions recovered by {name}", ""]
+        lines += [f"- {k}: {fmt(v, 3)}" for k, v in rec.items()]
+    lines += ["", "## Figures", "", *(f"![{p.stem}]({p.name})" for p in images)]
+    return "\n".join(lines) + "\n"
+
+
+def run(params: Params) -> dict[str, Any]:
+    rows = table()
+    if not rows:
+        raise FileNotFoundError("no metrics to evaluate: run the training stages first (dvc repro)")
+    gates = read_json(GATES / "interaction.json")
+    recovered: dict[str, Any] = {}
+    truth = _load(TRUTH) if params.dataset == "synthetic" else None
+    if truth:
+        recovered["aim"] = recovery(gates, truth)
+        autofis = _load(GATES / "autofis.json")
+        if autofis:
+            recovered["autofis"] = recovery(autofis, truth)
+    planted = {"×".join(p) for p in (truth or {}).get("planted_pairs", [])}
+    images = figures(gates, _load(GATES / "embed.json"), planted)
+    result = {"models": rows, "recovered": recovered}
+    write_json(METRICS / "evaluate.json", result)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "report.md").write_text(markdown(rows, recovered, images))
+    print(render(result))
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    """The table as printed at the end of ``make run``."""
+    lines = ["model                  kind         test AUC  logloss  parameters  train s  inf s/100k  order-2 kept"]
+    for r in result["models"]:
+        ratio = f"{r['order2_selection_ratio']:.3f}" if r.get("order2_selection_ratio") is not None else "–"
+        inference = f"{r['inference_seconds_per_100k']:.3f}" if r.get("inference_seconds_per_100k") else "–"
+        lines.append(f"{r['model']:22s} {r['kind']:11s}  {r['test_auc']:.4f}   {r['test_logloss']:.4f}  "
+                     f"{r['parameters'] or 0:>10,}  {r['train_seconds'] or 0:>7.1f}  {inference:>10}  {ratio:>12}")
+    for name, rec in result["recovered"].items():
+        line = (f"{name}: planted pairs recovered {rec['pairs_recovered']}/{rec['planted_pairs']} "
+                f"(kept {rec['pairs_kept']} pairs: precision {rec['pair_precision'] or 0:.2f}, "
+                f"{rec['pair_precision_with_triple_subpairs'] or 0:.2f} counting pairs inside planted triples)")
+        if "triples_recovered" in rec:
+            line += f"; triples {rec['triples_recovered']}/{rec['planted_triples']} (kept {rec['triples_kept']})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    stage_main(run)

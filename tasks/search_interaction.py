@@ -1,0 +1,128 @@
+"""search_interaction: which interactions matter (FIS) and under which functions (IFS), order by order.
+
+Order 2 searches every pair of fields under every function of ``search.functions`` (``mode: fis_ifs``, AIM,
+function-wise embeddings) or under the inner product with one shared embedding (``mode: fis``, AutoFIS).
+Each order p > 2 searches the top-k field sets of order p-1 crossed with every field (Algorithm 1), with the
+interactions kept so far fixed beside it. GRDA drives the gates of useless candidates to exact zeros.
+
+Writes ``gates/interaction.json`` (every kept interaction with its fields by name, order, function and gate;
+the selection ratio per order; the search model's validation and test AUC), ``metrics/search_interaction.json``
+and one curve per order under ``reports/search_interaction/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aim.data import CTRData, FieldSpec
+from aim.models import build_model
+from aim.search import Interaction, all_pairs, combine, kept, top_k
+from tasks.common import GATES, METRICS, PREDICTIONS, stage_main, write_json
+from tasks.config import Params, SearchConfig
+from tasks.training import load_encoded, train_and_test, train_config
+
+
+def to_records(interactions: list[Interaction], names: list[str]) -> list[dict[str, Any]]:
+    """Interactions as JSON records naming their fields, strongest gate first."""
+    ordered = sorted(interactions, key=lambda it: (it.order, -abs(it.gate), it.fields, it.function))
+    return [{"fields": [names[f] for f in it.fields], "order": it.order, "function": it.function,
+             "gate": round(it.gate, 6)} for it in ordered]
+
+
+def from_records(records: list[dict[str, Any]], names: list[str], where: Path) -> list[Interaction]:
+    """The inverse of ``to_records``; a field the data does not have is an error naming the file."""
+    position = {name: i for i, name in enumerate(names)}
+    out = []
+    for k, r in enumerate(records):
+        missing = [f for f in r["fields"] if f not in position]
+        if missing:
+            raise ValueError(f"{where}: interactions[{k}] names field {missing[0]!r}, which the encoded data "
+                             f"does not have: re-run the search for this dataset (dvc repro)")
+        out.append(Interaction(tuple(sorted(position[f] for f in r["fields"])), r["function"], float(r["gate"])))
+    return out
+
+
+def search(params: Params, section: SearchConfig, fields: list[FieldSpec], splits: dict[str, CTRData],
+           name: str) -> dict[str, Any]:
+    """Algorithm 1 with FIS (+ IFS) at every order; returns the gate record written to ``gates/``."""
+    names = [f.name for f in fields]
+    n = len(fields)
+    k = section.top_k or max(n // 2, 1)
+    functions = section.searched_functions
+    config = train_config(params, section.train, f"{name}.train")
+    selected: list[Interaction] = []
+    orders: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    candidates = all_pairs(n, functions, section.gate_init)
+    for order in range(2, section.max_order + 1):
+        if not candidates:
+            print(f"{name}: no candidates of order {order} (nothing of order {order - 1} was kept); stopping")
+            break
+        torch.manual_seed(params.seed + order)
+        net = build_model(
+            "aim", fields, interactions=selected, candidates=candidates, function_wise=section.mode == "fis_ifs",
+            hidden_units=(), embedding_dim=section.embedding_dim, embedding_l2=section.embedding_l2,
+            grda_lr=section.grda.lr, grda_c=section.grda.c, grda_mu=section.grda.mu,
+        )
+        print(f"{name}: order {order}: {len(candidates):,} candidates "
+              f"({len({c.fields for c in candidates}):,} field sets x {len(functions)} functions), "
+              f"{len(selected)} interactions fixed", flush=True)
+        summary, probabilities = train_and_test(net, config, splits, f"{name}/order{order}",
+                                                {"section": section.model_dump(), "selected": selected})
+        searched = net.searched_gates()
+        keep = kept(searched, [it.gate for it in searched])
+        selected = [*net.fixed_gates(), *keep]
+        candidate_sets = {c.fields for c in candidates}
+        kept_sets = {it.fields for it in keep}
+        orders[str(order)] = {
+            "candidates": len(candidates),
+            "candidate_field_sets": len(candidate_sets),
+            "kept": len(keep),
+            "kept_field_sets": len(kept_sets),
+            "selection_ratio": round(len(kept_sets) / len(candidate_sets), 6),
+            "function_selection_ratio": round(len(keep) / len(candidates), 6),
+            "functions_kept": {fn: sum(it.function == fn for it in keep) for fn in functions},
+            **{key: summary[key] for key in ("valid_auc", "test_auc", "test_logloss", "epochs", "train_seconds")},
+            "seconds_per_epoch": round(summary["train_seconds"] / max(summary["epochs"], 1), 3),
+        }
+        print(f"{name}: order {order}: kept {len(keep)} of {len(candidates)} "
+              f"({len(kept_sets)} of {len(candidate_sets)} field sets)", flush=True)
+        candidates = combine(top_k(keep, k), n, functions, section.gate_init) if order < section.max_order else []
+    PREDICTIONS.mkdir(parents=True, exist_ok=True)
+    np.save(PREDICTIONS / f"{name}.npy", probabilities)
+    return {
+        "mode": section.mode,
+        "functions": functions,
+        "fields": names,
+        "max_order": section.max_order,
+        "top_k": k,
+        "embedding_dim": section.embedding_dim,
+        "orders": orders,
+        "search_model": {key: summary[key] for key in ("valid_auc", "test_auc", "test_logloss", "parameters")},
+        "interactions": to_records(selected, names),
+    }
+
+
+def run(params: Params) -> dict[str, Any]:
+    fields, splits = load_encoded()
+    record = search(params, params.search, fields, splits, "search_interaction")
+    write_json(GATES / "interaction.json", record)
+    metrics = {
+        "search_model_valid_auc": record["search_model"]["valid_auc"],
+        "search_model_test_auc": record["search_model"]["test_auc"],
+        "search_model_test_logloss": record["search_model"]["test_logloss"],
+        "kept": len(record["interactions"]),
+        **{f"order{p}_selection_ratio": o["selection_ratio"] for p, o in record["orders"].items()},
+        **{f"order{p}_kept": o["kept"] for p, o in record["orders"].items()},
+        "seconds_per_epoch": record["orders"]["2"]["seconds_per_epoch"],
+    }
+    write_json(METRICS / "search_interaction.json", metrics)
+    return record
+
+
+if __name__ == "__main__":
+    stage_main(run)

@@ -1,0 +1,58 @@
+"""transfer: the searched interaction x function set plugged into DeepFM and IPNN (AIM paper, Table 10).
+
+One stage per entry of ``transfer.models`` (``deepfm_if``, ``ipnn_if``, as registered in aim.models), trained
+like a baseline with the interactions of ``gates/interaction.json``:
+
+    python -m tasks.transfer deepfm_if
+
+writes ``metrics/transfer/deepfm_if.json``, ``models/transfer/deepfm_if.pt`` and ``reports/transfer/deepfm_if.csv``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from aim.models import build_model
+from tasks.common import GATES, METRICS, PREDICTIONS, read_json, stage_main, write_json
+from tasks.config import ConfigError, Params
+from tasks.search_interaction import from_records
+from tasks.training import MODELS_DIR, load_encoded, save_model, train_and_test, train_config
+
+
+def run(params: Params, model: str) -> dict[str, Any]:
+    if model not in params.transfer.models:
+        raise ConfigError(f"params.yaml: transfer.models: no entry {model!r} (it has {sorted(params.transfer.models)})")
+    hparams = params.transfer.hyperparameters(model)
+    fields, splits = load_encoded()
+    gates = read_json(GATES / "interaction.json")
+    interactions = from_records(gates["interactions"], [f.name for f in fields], GATES / "interaction.json")
+    torch.manual_seed(params.seed)
+    try:
+        net = build_model(model, fields, interactions=interactions, **hparams)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"params.yaml: transfer.models.{model}: {err}") from None
+    config = train_config(params, params.transfer.train_overrides(model), f"transfer.models.{model}.train")
+    summary, probabilities = train_and_test(net, config, splits, f"transfer/{model}",
+                                            {"hparams": hparams, "gates": gates})
+    PREDICTIONS.mkdir(parents=True, exist_ok=True)
+    np.save(PREDICTIONS / f"{model}.npy", probabilities)
+    summary = {"model": model, **summary, "interactions": len(interactions), "hyperparameters": hparams}
+    write_json(METRICS / "transfer" / f"{model}.json", summary)
+    save_model(MODELS_DIR / "transfer" / f"{model}.pt", net, fields, hyperparameters=hparams,
+               interactions=gates["interactions"])
+    return summary
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        print("usage: python -m tasks.transfer <model>   (a key of transfer.models in params.yaml)", file=sys.stderr)
+        sys.exit(2)
+    stage_main(lambda params: run(params, argv[0]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,151 @@
+"""The search machinery: GRDA, candidate pools (Algorithm 1), the AIM network's gates, and EDS's smaller tables."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from aim.data import CTRData, FieldSpec
+from aim.layers import FieldEmbedding, PrunedFieldEmbedding
+from aim.models import build_model
+from aim.search import GRDA, Interaction, all_pairs, combine, kept, top_k
+
+
+def test_grda_matches_the_formula_step_by_step_and_gives_exact_zeros():
+    p = torch.nn.Parameter(torch.tensor([1.0, 0.05, -0.02]))
+    lr, c, mu = 0.1, 0.2, 0.6
+    opt = GRDA([p], lr=lr, c=c, mu=mu)
+    grads = [torch.tensor([0.5, 0.1, -0.2]), torch.tensor([-0.2, 0.3, 0.4]), torch.tensor([0.3, -0.1, -0.1])]
+    acc = torch.tensor([1.0, 0.05, -0.02])
+    for t, g in enumerate(grads, start=1):
+        p.grad = g.clone()
+        opt.step()
+        acc = acc - lr * g
+        l1 = c * math.sqrt(lr) * (lr * t) ** mu  # the closed form, with a constant lr
+        expected = torch.sign(acc) * torch.clamp(acc.abs() - l1, min=0)
+        torch.testing.assert_close(p.detach(), expected)
+    assert p[1].item() == 0.0 and p[2].item() == 0.0  # |acc| under the threshold: exactly zero, not tiny
+    assert p[0].item() > 0
+
+
+def test_grda_threshold_grows_incrementally_so_a_learning_rate_decay_slows_it():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = GRDA([p], lr=0.1, c=1.0, mu=0.7)
+    for _ in range(3):
+        p.grad = torch.zeros(1)
+        opt.step()
+    before = opt.state[p]["l1"]
+    opt.param_groups[0]["lr"] = 0.01
+    p.grad = torch.zeros(1)
+    opt.step()
+    step = opt.state[p]["l1"] - before
+    assert step == pytest.approx(GRDA.threshold_increment(0.01, 1.0, 0.7, 4))
+    assert step < GRDA.threshold_increment(0.1, 1.0, 0.7, 4)
+
+
+def test_grda_closes_gates_without_signal_and_keeps_those_with_signal():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, 8, generator=gen)
+    y = 1.5 * x[:, 0] - 1.0 * x[:, 3] + 0.5 * torch.randn(20_000, generator=gen)
+    w = torch.nn.Parameter(torch.full((8,), 0.5))
+    opt = GRDA([w], lr=0.05, c=0.5, mu=0.8)
+    for _ in range(5):
+        for i in range(0, 20_000, 200):
+            loss = ((x[i:i + 200] @ w - y[i:i + 200]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert w[0].item() > 1.0 and w[3].item() < -0.5  # signal: open, sign kept
+    assert all(w[j].item() == 0.0 for j in (1, 2, 4, 5, 6, 7))  # noise: exactly closed
+
+
+def test_grda_rejects_bad_settings():
+    with pytest.raises(ValueError, match="mu"):
+        GRDA([torch.nn.Parameter(torch.zeros(1))], mu=1.5)
+
+
+def test_candidate_pools_follow_algorithm_1():
+    assert [it.fields for it in all_pairs(4)] == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert len(all_pairs(5, ["inner", "outer"])) == 20
+    searched = [Interaction((0, 1), "inner", 0.9), Interaction((0, 1), "outer", -0.5),
+                Interaction((2, 3), "inner", 0.3), Interaction((1, 3), "inner", 0.0)]
+    assert top_k(searched, 1) == [(0, 1)]  # importance 1.4 = |0.9| + |-0.5|; closed ones never rank
+    assert top_k(searched, 5) == [(0, 1), (2, 3)]
+    triples = combine([(0, 1), (2, 3)], 4)
+    assert [it.fields for it in triples] == [(0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3)]  # deduplicated
+    assert [it.gate for it in kept(searched, [0.9, -0.5, 0.0, 0.2])] == [0.9, -0.5, 0.2]
+    with pytest.raises(ValueError, match="unknown interaction function"):
+        all_pairs(3, ["cosine"])
+
+
+FIELDS = [FieldSpec("a", 7), FieldSpec("b", 5), FieldSpec("m", 6, max_length=3, multi_valued=True), FieldSpec("c", 4)]
+
+
+def _batch(n: int = 32) -> CTRData:
+    gen = torch.Generator().manual_seed(1)
+    single = torch.stack([torch.randint(0, v, (n,), generator=gen) for v in (7, 5, 4)], 1).to(torch.int32)
+    multi = torch.randint(0, 6, (n, 3), generator=gen).to(torch.int32)
+    return CTRData(tuple(FIELDS), single, (multi,), torch.randint(0, 2, (n,), generator=gen).float())
+
+
+def test_pruned_embedding_keeps_the_searched_positions_and_really_has_fewer_parameters():
+    kept_dims = [[0, 2, 3], [1], [0, 1, 2, 3], []]
+    pruned = PrunedFieldEmbedding(FIELDS, 4, kept_dims)
+    assert pruned.weight.numel() == 7 * 3 + 5 * 1 + 6 * 4 + 0
+    # Build the full table that the pruned one stands for: the kept positions filled, the rest zero.
+    full = FieldEmbedding(FIELDS, 4)
+    with torch.no_grad():
+        full.weight.zero_()
+        offset, row = 0, 0
+        for f, positions in zip(FIELDS, kept_dims, strict=True):
+            block = pruned.weight[offset: offset + f.vocab_size * len(positions)].view(f.vocab_size, len(positions))
+            full.weight[row: row + f.vocab_size, positions] = block
+            offset += f.vocab_size * len(positions)
+            row += f.vocab_size
+    batch = _batch()
+    compact, expanded = pruned(batch)
+    torch.testing.assert_close(expanded, full(batch))
+    assert compact.shape == (32, 3 + 1 + 4)
+    torch.testing.assert_close(compact[:, :3], expanded[:, 0, [0, 2, 3]])
+    assert expanded[:, 3].abs().sum() == 0  # a field that kept nothing is zeros
+    with pytest.raises(ValueError, match="increasing"):
+        PrunedFieldEmbedding(FIELDS, 4, [[2, 0], [], [], []])
+
+
+def test_search_model_gives_gates_to_grda_and_the_rest_to_adam():
+    net = build_model("aim", FIELDS, interactions=[Interaction((0, 1), "inner", 0.7)],
+                      candidates=all_pairs(4, ["inner", "outer"], 0.5)[1:], hidden_units=())
+    adam, grda = net.optimizers(1e-3)
+    assert isinstance(grda, GRDA) and grda.param_groups[0]["params"] == [net.alpha_search]
+    assert all(p is not net.alpha_search for p in adam.param_groups[0]["params"])
+    assert set(net.tables) == {"inner", "outer"}  # function-wise embeddings
+    net(_batch()).sum().backward()
+    assert net.alpha.grad is not None and net.alpha_search.grad is not None
+    assert [it.gate for it in net.fixed_gates()] == [pytest.approx(0.7)]
+    assert len(net.searched_gates()) == 11 and all(it.gate == 0.5 for it in net.searched_gates())
+
+
+def test_eds_search_gates_dimensions_and_retrain_shrinks_by_the_expected_amount():
+    interactions = [Interaction((0, 1), "inner", 0.7), Interaction((1, 3), "vector_kernel", -0.4)]
+    eds = build_model("aim", FIELDS, interactions=interactions, search_dims=True, hidden_units=(), embedding_dim=4)
+    assert eds.dim_gates.shape == (4, 4)
+    assert eds.optimizers(1e-3)[1].param_groups[0]["params"] == [eds.dim_gates]
+    kept_dims = [[0, 2], [1], [0, 1, 2, 3], [3]]
+    before = build_model("aim", FIELDS, interactions=interactions, embedding_dim=4, hidden_units=(8,))
+    after = build_model("aim", FIELDS, interactions=interactions, embedding_dim=4, hidden_units=(8,),
+                        kept_dims=kept_dims)
+    pruned_numbers = sum(f.vocab_size * (4 - len(k)) for f, k in zip(FIELDS, kept_dims, strict=True))
+    mlp_inputs_dropped = 4 * 4 - sum(len(k) for k in kept_dims)
+    tables = 2  # inner and vector_kernel, function-wise
+    assert before.num_parameters() - after.num_parameters() == tables * pruned_numbers + mlp_inputs_dropped * 8
+    assert after(_batch()).shape == (32,)
+
+
+def test_transfer_models_take_the_searched_set():
+    interactions = [Interaction((0, 1), "inner"), Interaction((1, 2, 3), "outer")]
+    for name in ("deepfm_if", "ipnn_if"):
+        net = build_model(name, FIELDS, interactions=interactions, hidden_units=(8,))
+        assert net.norm is None and net.alpha is None  # a plain sum / MLP input, no gates
+        assert net(_batch()).shape == (32,)
