@@ -130,8 +130,10 @@ def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData
     (removed once done). Returns the summary every training stage reports, and the test probabilities.
     """
     trainer = Trainer(net, config, callbacks=[History(REPORTS / f"{name}.csv", name)])
-    key = fingerprint(name, settings, dataclasses.asdict(config) | {"progress": None}, FEATURE_MAP,
-                      *(split_path(s).stat().st_size for s in SPLITS))
+    # The data by content (row counts, code and label sums), so a checkpoint never resumes on other data.
+    data = [(len(d), int(d.single.sum()), float(d.label.sum()), [int(m.sum()) for m in d.multi])
+            for d in splits.values()]
+    key = fingerprint(name, settings, dataclasses.asdict(config) | {"progress": None}, data)
     checkpoint = Checkpoint(MODELS_DIR / "checkpoints" / f"{name}.ckpt", key)
     checkpoint.restore(trainer)
     trainer.callbacks.append(checkpoint)
