@@ -39,10 +39,16 @@ def gather_fields(embedded: Tensor, index: Tensor) -> Tensor:
 
 
 def elementwise_products(embedded: Tensor, index: Tensor) -> Tensor:
-    """[B, n, d] and [m, p] -> [B, m, d]: ``e_q1 ⊙ ... ⊙ e_qp`` for every interaction."""
-    if index.shape[1] == 2:  # the common case, without the generic prod kernel
-        return embedded.index_select(1, index[:, 0]) * embedded.index_select(1, index[:, 1])
-    return gather_fields(embedded, index).prod(2)
+    """[B, n, d] and [m, p] -> [B, m, d]: ``e_q1 ⊙ ... ⊙ e_qp`` for every interaction.
+
+    Computed fields first ([n, B, d]) and returned as a [B, m, d] view: gathering whole [B, d] rows makes the
+    backward (an index_add) about 2x faster on CPU than gathering along dim 1.
+    """
+    by_field = embedded.transpose(0, 1)
+    products = by_field.index_select(0, index[:, 0])
+    for s in range(1, index.shape[1]):
+        products = products * by_field.index_select(0, index[:, s])  # [m, B, d]
+    return products.transpose(0, 1)
 
 
 class Interaction(nn.Module):
@@ -87,15 +93,10 @@ class Interaction(nn.Module):
             return scores * self.kernel if self.function == "scalar_kernel" else scores
         if self.function == "outer":
             return self._outer(embedded)
-        # Fields first ([n, B, d]): gathering whole [B, d] rows makes the backward (an index_add) ~2x faster on CPU
-        # than gathering along dim 1.
-        by_field = embedded.transpose(0, 1)
-        products = by_field.index_select(0, self.index[:, 0])
-        for s in range(1, self.index.shape[1]):
-            products = products * by_field.index_select(0, self.index[:, s])  # [m, B, d]
+        products = elementwise_products(embedded, self.index)
         if self.function == "vector_kernel":
-            return torch.einsum("mbd,md->bm", products, self.kernel)
-        scores = products.sum(-1).T
+            return torch.einsum("bmd,md->bm", products, self.kernel)
+        scores = products.sum(-1)
         return scores * self.kernel if self.function == "scalar_kernel" else scores
 
     def _outer(self, embedded: Tensor) -> Tensor:
