@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from aim.models import build_model
-from tasks.common import METRICS, PREDICTIONS, stage_main, write_json
+from tasks.common import METRICS, stage_main, write_json
 from tasks.config import ConfigError, Params
-from tasks.training import MODELS_DIR, load_encoded, save_model, train_and_test, train_config
+from tasks.training import MODELS_DIR, load_encoded, save_model, save_predictions, train_and_test, train_config
 
 
 def metrics_path(model: str) -> Path:
@@ -42,8 +41,7 @@ def run(params: Params, model: str) -> dict[str, Any]:
 
     config = train_config(params, params.baselines.train_overrides(model), f"baselines.models.{model}.train")
     summary, probabilities = train_and_test(net, config, splits, f"baselines/{model}", hparams)
-    PREDICTIONS.mkdir(parents=True, exist_ok=True)
-    np.save(PREDICTIONS / f"{model}.npy", probabilities)
+    save_predictions(model, probabilities)
     summary = {"model": model, **summary, "hyperparameters": hparams}
     write_json(metrics_path(model), summary)
     save_model(MODELS_DIR / "baselines" / f"{model}.pt", net, fields, hyperparameters=hparams)

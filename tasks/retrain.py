@@ -14,16 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from aim.data import CTRData, FieldSpec
 from aim.models import build_model
 from aim.search import Interaction
-from tasks.common import GATES, METRICS, PREDICTIONS, read_json, stage_main, write_json
+from tasks.common import GATES, METRICS, read_json, stage_main, write_json
 from tasks.config import Params, RetrainConfig
 from tasks.search_interaction import from_records
-from tasks.training import MODELS_DIR, load_encoded, save_model, train_and_test, train_config
+from tasks.training import MODELS_DIR, load_encoded, save_model, save_predictions, train_and_test, train_config
 
 
 def retrain(params: Params, section: RetrainConfig, fields: list[FieldSpec], splits: dict[str, CTRData],
@@ -48,8 +47,7 @@ def retrain(params: Params, section: RetrainConfig, fields: list[FieldSpec], spl
     summary, probabilities = train_and_test(net, train_config(params, section.train, f"{name}.train"), splits,
                                             name, {"section": section.model_dump(), "gates": gates,
                                                    "kept": kept_dims})
-    PREDICTIONS.mkdir(parents=True, exist_ok=True)
-    np.save(PREDICTIONS / f"{name}.npy", probabilities)
+    save_predictions(name, probabilities)
     summary = {
         **summary,
         "parameters_before_eds": full_size,

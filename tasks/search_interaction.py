@@ -15,15 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from aim.data import CTRData, FieldSpec
 from aim.models import build_model
 from aim.search import Interaction, all_pairs, combine, kept, top_k
-from tasks.common import GATES, METRICS, PREDICTIONS, stage_main, write_json
+from tasks.common import GATES, METRICS, stage_main, write_json
 from tasks.config import Params, SearchConfig
-from tasks.training import load_encoded, train_and_test, train_config
+from tasks.training import load_encoded, save_predictions, train_and_test, train_config
 
 
 def to_records(interactions: list[Interaction], names: list[str]) -> list[dict[str, Any]]:
@@ -92,8 +91,7 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
         print(f"{name}: order {order}: kept {len(keep)} of {len(candidates)} "
               f"({len(kept_sets)} of {len(candidate_sets)} field sets)", flush=True)
         candidates = combine(top_k(keep, k), n, functions, section.gate_init) if order < section.max_order else []
-    PREDICTIONS.mkdir(parents=True, exist_ok=True)
-    np.save(PREDICTIONS / f"{name}.npy", probabilities)
+    save_predictions(name, probabilities)
     return {
         "mode": section.mode,
         "functions": functions,

@@ -20,7 +20,17 @@ from pydantic import ValidationError
 from aim.data import CTRData, FieldSpec, from_arrow
 from aim.models import CTRModel
 from aim.train import EpochRecord, TrainConfig, Trainer, metrics, predict
-from tasks.common import FEATURE_MAP, LABEL, REPORTS, SPLITS, StageError, progress_enabled, read_json, split_path
+from tasks.common import (
+    FEATURE_MAP,
+    LABEL,
+    PREDICTIONS,
+    REPORTS,
+    SPLITS,
+    StageError,
+    progress_enabled,
+    read_json,
+    split_path,
+)
 from tasks.config import ConfigError, Params, TrainSection
 
 MODELS_DIR = Path("models")
@@ -165,6 +175,12 @@ def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData
         "precision": config.precision,
     }
     return summary, probabilities
+
+
+def save_predictions(name: str, probabilities: np.ndarray) -> None:
+    """A model's test-split probabilities, ``reports/predictions/<name>.npy``, for evaluate's ROC curves."""
+    PREDICTIONS.mkdir(parents=True, exist_ok=True)
+    np.save(PREDICTIONS / f"{name}.npy", probabilities)
 
 
 def save_model(path: Path, net: CTRModel, fields: list[FieldSpec], **extra: Any) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import numpy as np
 import torch
 
 from aim.models import build_model
-from tasks.common import GATES, METRICS, PREDICTIONS, read_json, stage_main, write_json
+from tasks.common import GATES, METRICS, read_json, stage_main, write_json
 from tasks.config import ConfigError, Params
 from tasks.search_interaction import from_records
-from tasks.training import MODELS_DIR, load_encoded, save_model, train_and_test, train_config
+from tasks.training import MODELS_DIR, load_encoded, save_model, save_predictions, train_and_test, train_config
 
 
 def run(params: Params, model: str) -> dict[str, Any]:
@@ -38,8 +37,7 @@ def run(params: Params, model: str) -> dict[str, Any]:
     config = train_config(params, params.transfer.train_overrides(model), f"transfer.models.{model}.train")
     summary, probabilities = train_and_test(net, config, splits, f"transfer/{model}",
                                             {"hparams": hparams, "gates": gates})
-    PREDICTIONS.mkdir(parents=True, exist_ok=True)
-    np.save(PREDICTIONS / f"{model}.npy", probabilities)
+    save_predictions(model, probabilities)
     summary = {"model": model, **summary, "interactions": len(interactions), "hyperparameters": hparams}
     write_json(METRICS / "transfer" / f"{model}.json", summary)
     save_model(MODELS_DIR / "transfer" / f"{model}.pt", net, fields, hyperparameters=hparams,
