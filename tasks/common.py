@@ -51,6 +51,11 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def read_json_if_present(path: Path) -> Any:
+    """The JSON at ``path``, or None where a stage has not written it (reports that show what exists)."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return value.item()

@@ -12,7 +12,6 @@ transfers), the gate files and the saved test predictions. Writes
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from tasks import plots
 from tasks.common import GATES, METRICS, PREDICTIONS, REPORTS, read_json, stage_main, write_json
+from tasks.common import read_json_if_present as _load
 from tasks.config import Params
 from tasks.training import load_encoded
 
@@ -27,10 +27,6 @@ OUT = REPORTS / "evaluate"
 TRUTH = Path("data/raw/synthetic/truth.json")
 COLUMNS = ("model", "kind", "test_auc", "test_logloss", "parameters", "train_seconds", "inference_seconds_per_100k",
            "order2_selection_ratio", "interactions")
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def table() -> list[dict[str, Any]]:

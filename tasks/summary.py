@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from tasks.common import FEATURE_MAP, METRICS
-
-
-def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+from tasks.common import read_json_if_present as _load
 
 
 def render() -> str:
