@@ -10,21 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
 from tasks.common import GATES, METRICS, stage_main, write_json
-from tasks.config import ConfigError, Params, SearchConfig
+from tasks.config import Params, overlay
 from tasks.retrain import retrain
 from tasks.search_interaction import search
 from tasks.training import MODELS_DIR, load_encoded, save_model
 
 
 def run(params: Params) -> dict[str, Any]:
-    try:
-        section = SearchConfig.model_validate(params.search.model_dump() | params.autofis)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"params.yaml: autofis: {problems}") from None
+    section = overlay(params.search, params.autofis, "autofis")
     fields, splits = load_encoded()
     gates = search(params, section, fields, splits, "autofis_search")
     write_json(GATES / "autofis.json", gates)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -210,6 +210,18 @@ class TrainSection(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     eval_batch_size: Annotated[int, Field(ge=1)] = 65536
     restore_best: bool = True  # end with the best epoch's weights (a search reads its gates at the last epoch)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def overlay(section: S, overrides: dict[str, Any], where: str) -> S:
+    """``section`` with ``overrides`` on top, validated like the rest; an error names ``where`` in params.yaml."""
+    try:
+        return type(section).model_validate(section.model_dump() | overrides)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"params.yaml: {where}: {problems}") from None
 
 
 def _check_train_keys(overrides: Any, where: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from pydantic import ValidationError
 
 from aim.data import CTRData, FieldSpec, from_arrow
 from aim.models import CTRModel
@@ -31,7 +30,7 @@ from tasks.common import (
     read_json,
     split_path,
 )
-from tasks.config import ConfigError, Params, TrainSection
+from tasks.config import Params, overlay
 
 MODELS_DIR = Path("models")
 
@@ -64,13 +63,7 @@ def load_encoded() -> tuple[list[FieldSpec], dict[str, CTRData]]:
 
 def train_config(params: Params, overrides: dict[str, Any] | None = None, where: str = "train") -> TrainConfig:
     """``params.train`` (with ``overrides`` on top, checked like the rest) as the loop's TrainConfig."""
-    section = params.train
-    if overrides:
-        try:
-            section = TrainSection.model_validate(section.model_dump() | overrides)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise ConfigError(f"params.yaml: {where}: {problems}") from None
+    section = overlay(params.train, overrides, where) if overrides else params.train
     return TrainConfig(**section.model_dump(), seed=params.seed, progress=progress_enabled())
 
 
