@@ -236,6 +236,17 @@ def _check_train_keys(overrides: Any, where: str) -> dict[str, Any]:
     return overrides
 
 
+class TrainOverridable(Strict):
+    """A section with a ``train:`` key that changes how its stage trains (checked against TrainSection)."""
+
+    train: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check_train(self) -> TrainOverridable:
+        _check_train_keys(self.train, "train")
+        return self
+
+
 class GRDASection(Strict):
     """GRDA for the gates: l1(t) = c * sqrt(lr) * (lr * t)^mu; larger c or mu prune more."""
 
@@ -247,7 +258,7 @@ class GRDASection(Strict):
 InteractionFunctionName = Literal["inner", "outer", "vector_kernel", "scalar_kernel"]
 
 
-class SearchConfig(Strict):
+class SearchConfig(TrainOverridable):
     """search_interaction: which interactions (FIS) and functions (IFS) to keep, order by order."""
 
     mode: Literal["fis", "fis_ifs"] = "fis_ifs"
@@ -258,11 +269,9 @@ class SearchConfig(Strict):
     embedding_l2: Annotated[float, Field(ge=0)] = 0.001
     gate_init: float = 0.5
     grda: GRDASection = GRDASection()
-    train: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
-        _check_train_keys(self.train, "train")
         if not self.functions:
             raise ValueError("functions: name at least one interaction function")
         return self
@@ -273,34 +282,22 @@ class SearchConfig(Strict):
         return ["inner"] if self.mode == "fis" else list(dict.fromkeys(self.functions))
 
 
-class SearchEmbedConfig(Strict):
+class SearchEmbedConfig(TrainOverridable):
     """search_embed: gates per field x embedding dimension (EDS), with the selected interactions fixed."""
 
     enabled: bool = True  # false: retrain keeps every dimension (search_embed still writes the full sizes)
     dim_gate_init: float = 1.0
     embedding_l2: Annotated[float, Field(ge=0)] = 0.001
     grda: GRDASection = GRDASection()
-    train: dict[str, Any] = {}
-
-    @model_validator(mode="after")
-    def _check(self) -> SearchEmbedConfig:
-        _check_train_keys(self.train, "train")
-        return self
 
 
-class RetrainConfig(Strict):
+class RetrainConfig(TrainOverridable):
     """retrain: the selected interactions x functions x dimensions, gates as attention weights, plus an MLP."""
 
     hidden_units: list[Annotated[int, Field(ge=1)]] = [400, 400, 400]
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
     batch_norm: bool = True
     embedding_l2: Annotated[float, Field(ge=0)] = 0.001
-    train: dict[str, Any] = {}
-
-    @model_validator(mode="after")
-    def _check(self) -> RetrainConfig:
-        _check_train_keys(self.train, "train")
-        return self
 
 
 class BaselinesConfig(Strict):
@@ -367,7 +364,8 @@ KNOWN_TOP_LEVEL = {"dataset", "seed", "generate", "ingest", "encode", "validate"
 def _format_error(err: ValidationError, path: Path) -> str:
     lines = [f"{path}: invalid configuration"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if p not in ("function-after[_check()]",)) or "(top level)"
+        # A model validator adds its own name to the location ("function-after[_check()]"): not a key.
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after[")) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
