@@ -109,13 +109,13 @@ class PrunedFieldEmbedding(nn.Module):
         table_size = vocab * sizes
         self.weight = nn.Parameter(torch.empty(int(table_size.sum())))
         nn.init.normal_(self.weight, std=init_std)
-        self.register_buffer("row_base", torch.cumsum(table_size, 0) - table_size, persistent=False)
-        self.register_buffer("sizes", sizes, persistent=False)
         # Column s of `compact` is slot slot_of[s] of field field_of[s].
         field_of = torch.repeat_interleave(torch.arange(len(self.fields)), sizes)
         slot_of = torch.cat([torch.arange(int(s)) for s in sizes] + [torch.zeros(0, dtype=torch.int64)])
-        self.register_buffer("field_of", field_of, persistent=False)
         self.register_buffer("slot_of", slot_of, persistent=False)
+        # Where column s starts reading: field_of[s]'s table, rows of sizes[field_of[s]] numbers.
+        self.register_buffer("column_base", (torch.cumsum(table_size, 0) - table_size)[field_of], persistent=False)
+        self.register_buffer("column_size", sizes[field_of], persistent=False)
         # full[:, i, p] = compact_padded[:, scatter[i * dim + p]]; index sum(d) is an appended zero column.
         total = int(sizes.sum())
         scatter = torch.full((len(self.fields) * dim,), total, dtype=torch.int64)
@@ -123,7 +123,11 @@ class PrunedFieldEmbedding(nn.Module):
             scatter[i * dim + self.kept[i][slot]] = s
         self.register_buffer("scatter", scatter, persistent=False)
         single = [i for i, f in enumerate(self.fields) if not f.multi_valued]
-        self.multi_fields = [i for i, f in enumerate(self.fields) if f.multi_valued]
+        # The columns of each multi-valued field (in batch.multi order), found once here, not per batch.
+        multi_columns = [torch.nonzero(field_of == i).flatten() for i, f in enumerate(self.fields) if f.multi_valued]
+        for j, cols in enumerate(multi_columns):
+            self.register_buffer(f"multi_columns_{j}", cols, persistent=False)
+        self.num_multi = len(multi_columns)
         # The column of batch.single behind each column of `compact` (0, masked, for multi-valued fields).
         column_of_field = torch.full((len(self.fields),), -1, dtype=torch.int64)
         column_of_field[single] = torch.arange(len(single))
@@ -131,21 +135,17 @@ class PrunedFieldEmbedding(nn.Module):
         self.register_buffer("source_column", source.clamp_min(0), persistent=False)
         self.register_buffer("is_single", source >= 0, persistent=False)
 
-    @property
-    def output_size(self) -> int:
-        return int(self.sizes.sum())
-
     def forward(self, batch: CTRData) -> tuple[Tensor, Tensor]:
         codes = batch.single.index_select(1, self.source_column).to(torch.int64) * self.is_single  # [B, S]
-        index = self.row_base[self.field_of] + codes * self.sizes[self.field_of] + self.slot_of
+        index = self.column_base + codes * self.column_size + self.slot_of
         compact = self.weight[index] * self.is_single  # multi-valued columns are filled below
-        for j, i in enumerate(self.multi_fields):
-            cols = torch.nonzero(self.field_of == i).flatten()
+        for j in range(self.num_multi):
+            cols = getattr(self, f"multi_columns_{j}")  # the buffer, on the module's device
             if len(cols) == 0:
                 continue
-            multi = batch.multi[j].to(torch.int64)  # [B, L]
-            idx = self.row_base[i] + multi.unsqueeze(-1) * self.sizes[i] + self.slot_of[cols]  # [B, L, d_i]
-            pooled = masked_mean(self.weight[idx], multi != PADDING)
+            multi = batch.multi[j].to(torch.int64).unsqueeze(-1)  # [B, L, 1]
+            idx = self.column_base[cols] + multi * self.column_size[cols] + self.slot_of[cols]  # [B, L, d_i]
+            pooled = masked_mean(self.weight[idx], multi.squeeze(-1) != PADDING)
             compact = compact.index_copy(1, cols, pooled)
         padded = torch.cat([compact, compact.new_zeros(compact.shape[0], 1)], 1)
         full = padded.index_select(1, self.scatter).view(-1, len(self.fields), self.dim)

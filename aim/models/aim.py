@@ -86,7 +86,6 @@ class AIM(CTRModel):
         functions = list(dict.fromkeys(e.function for e in (*self.fixed, *self.candidates))) or ["inner"]
         table_names = functions if function_wise else ["shared"]
         self.embedding = None  # CTRModel's single table is replaced by the tables below
-        self.kept_dims = None if kept_dims is None else [list(k) for k in kept_dims]
         self.tables = nn.ModuleDict({
             name: FieldEmbedding(self.fields, d)
             if kept_dims is None else PrunedFieldEmbedding(self.fields, d, kept_dims)
