@@ -114,6 +114,21 @@ def test_pruned_embedding_keeps_the_searched_positions_and_really_has_fewer_para
         PrunedFieldEmbedding(FIELDS, 4, [[2, 0], [], [], []])
 
 
+def test_pruned_embedding_gradients_are_the_same_on_every_run():
+    """Two backward passes of one batch give bit-identical gradients (CPU, several threads): the same config
+    must give the same model. Indexing the flat table with ``weight[index]`` did not (index_put_ accumulates
+    in a thread-dependent order)."""
+    pruned = PrunedFieldEmbedding(FIELDS, 4, [[0, 2, 3], [1], [0, 1, 2, 3], [0, 1, 2, 3]])
+    batch = _batch(20_000)  # many rows per table row: the gradient sums that could come out in any order
+    grads = []
+    for _ in range(3):
+        pruned.zero_grad()
+        compact, full = pruned(batch)
+        (compact.sin().sum() + full.cos().sum()).backward()
+        grads.append(pruned.weight.grad.clone())
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 def test_search_model_gives_gates_to_grda_and_the_rest_to_adam():
     net = build_model("aim", FIELDS, interactions=[Interaction((0, 1), "inner", 0.7)],
                       candidates=all_pairs(4, ["inner", "outer"], 0.5)[1:], hidden_units=())

@@ -135,17 +135,24 @@ class PrunedFieldEmbedding(nn.Module):
         self.register_buffer("source_column", source.clamp_min(0), persistent=False)
         self.register_buffer("is_single", source >= 0, persistent=False)
 
+    def _lookup(self, index: Tensor) -> Tensor:
+        """``self.weight[index]`` (the flat table read at every index), with a deterministic backward."""
+        return F.embedding(index, self.weight.unsqueeze(1)).squeeze(-1)
+
     def forward(self, batch: CTRData) -> tuple[Tensor, Tensor]:
         codes = batch.single.index_select(1, self.source_column).to(torch.int64) * self.is_single  # [B, S]
         index = self.column_base + codes * self.column_size + self.slot_of
-        compact = self.weight[index] * self.is_single  # multi-valued columns are filled below
+        # F.embedding, not self.weight[index]: the backward of advanced indexing (index_put_ with accumulate)
+        # sums a number's gradients in a thread-dependent order on CPU, so two runs of one config drifted
+        # apart (1e-5 in test probabilities); embedding's backward is deterministic.
+        compact = self._lookup(index) * self.is_single  # multi-valued columns are filled below
         for j in range(self.num_multi):
             cols = getattr(self, f"multi_columns_{j}")  # the buffer, on the module's device
             if len(cols) == 0:
                 continue
             multi = batch.multi[j].to(torch.int64).unsqueeze(-1)  # [B, L, 1]
             idx = self.column_base[cols] + multi * self.column_size[cols] + self.slot_of[cols]  # [B, L, d_i]
-            pooled = masked_mean(self.weight[idx], multi.squeeze(-1) != PADDING)
+            pooled = masked_mean(self._lookup(idx), multi.squeeze(-1) != PADDING)
             compact = compact.index_copy(1, cols, pooled)
         padded = torch.cat([compact, compact.new_zeros(compact.shape[0], 1)], 1)
         full = padded.index_select(1, self.scatter).view(-1, len(self.fields), self.dim)
