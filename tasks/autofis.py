@@ -20,12 +20,13 @@ from tasks.training import MODELS_DIR, load_encoded, save_model
 def run(params: Params) -> dict[str, Any]:
     section = overlay(params.search, params.autofis, "autofis")
     fields, splits = load_encoded()
-    gates = search(params, section, fields, splits, "autofis_search")
+    gates, timings = search(params, section, fields, splits, "autofis_search", stage="autofis")
     write_json(GATES / "autofis.json", gates)
     summary, net = retrain(params, params.retrain, fields, splits, gates, None, "autofis",
-                           GATES / "autofis.json")
+                           GATES / "autofis.json", stage="autofis")
     summary = {"model": "autofis", **summary, "search_model_test_auc": gates["search_model"]["test_auc"],
-               "order2_selection_ratio": gates["orders"]["2"]["selection_ratio"]}
+               "order2_selection_ratio": gates["orders"]["2"]["selection_ratio"],
+               "search_train_seconds": round(sum(t["train_seconds"] for t in timings.values()), 3)}
     write_json(METRICS / "autofis.json", summary)
     save_model(MODELS_DIR / "autofis.pt", net, fields, interactions=gates["interactions"])
     return summary

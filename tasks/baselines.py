@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from aim.models import build_model
+from tasks import tracking
 from tasks.common import METRICS, stage_main, write_json
 from tasks.config import ConfigError, Params
 from tasks.training import MODELS_DIR, load_encoded, save_model, save_predictions, train_and_test, train_config
@@ -40,7 +41,9 @@ def run(params: Params, model: str) -> dict[str, Any]:
         raise ConfigError(f"params.yaml: baselines.models.{model}: {err}") from None
 
     config = train_config(params, params.baselines.train_overrides(model), f"baselines.models.{model}.train")
-    summary, probabilities = train_and_test(net, config, splits, f"baselines/{model}", hparams)
+    run_config = tracking.run_config(config, model=model, hyperparameters=hparams, baselines=params.baselines)
+    with tracking.tracked("baselines", f"baselines/{model}", params, run_config) as tracker:
+        summary, probabilities = train_and_test(net, config, splits, f"baselines/{model}", hparams, tracker)
     save_predictions(model, probabilities)
     summary = {"model": model, **summary, "hyperparameters": hparams}
     write_json(metrics_path(model), summary)

@@ -19,16 +19,19 @@ import torch
 from aim.data import CTRData, FieldSpec
 from aim.models import build_model
 from aim.search import Interaction
+from tasks import tracking
 from tasks.common import GATES, METRICS, read_json, stage_main, write_json
 from tasks.config import Params, RetrainConfig
-from tasks.search_interaction import from_records
+from tasks.search_interaction import from_records, to_records
 from tasks.training import MODELS_DIR, load_encoded, save_model, save_predictions, train_and_test, train_config
 
 
 def retrain(params: Params, section: RetrainConfig, fields: list[FieldSpec], splits: dict[str, CTRData],
             gates: dict[str, Any], kept_dims: list[list[int]] | None, name: str,
-            source: Path = GATES / "interaction.json") -> tuple[dict[str, Any], Any]:
-    """Train the retrain model for a gate record (and optional kept dimensions); returns its summary and net."""
+            source: Path = GATES / "interaction.json", stage: str = "retrain") -> tuple[dict[str, Any], Any]:
+    """Train the retrain model for a gate record (and optional kept dimensions); returns its summary and net.
+
+    One tracked run of ``stage``, with the interactions and embedding sizes it was built from as tables."""
     names = [f.name for f in fields]
     interactions: list[Interaction] = from_records(gates["interactions"], names, source)
     dropped = 0
@@ -44,19 +47,27 @@ def retrain(params: Params, section: RetrainConfig, fields: list[FieldSpec], spl
     torch.manual_seed(params.seed)
     net = build_model("aim", fields, kept_dims=kept_dims, **hparams)
     full_size = build_model("aim", fields, **hparams).num_parameters()  # the same model before EDS
-    summary, probabilities = train_and_test(net, train_config(params, section.train, f"{name}.train"), splits,
-                                            name, {"section": section.model_dump(), "gates": gates,
-                                                   "kept": kept_dims})
+    config = train_config(params, section.train, f"{name}.train")
+    run_config = tracking.run_config(config, retrain=section, searched_dims=kept_dims is not None,
+                                     hyperparameters=hparams | {"interactions": len(interactions)})  # the list: a table
+    with tracking.tracked(stage, name, params, run_config) as tracker:
+        summary, probabilities = train_and_test(net, config, splits, name,
+                                                {"section": section.model_dump(), "gates": gates, "kept": kept_dims},
+                                                tracker)
+        summary = {
+            **summary,
+            "parameters_before_eds": full_size,
+            "parameters_after_eds": net.num_parameters(),
+            "interactions": len(interactions),
+            "interactions_dropped_with_pruned_fields": dropped,
+            "interactions_by_order": {str(p): sum(it.order == p for it in interactions)
+                                      for p in sorted({it.order for it in interactions})},
+        }
+        tracker.summary(summary)  # the parameter counts before and after EDS beside the test AUC
+        tracker.table("interactions", *tracking.interaction_table(to_records(interactions, names)))
+        if kept_dims is not None:
+            tracker.table("embedding_sizes", *tracking.embedding_table(dict(zip(names, kept_dims, strict=True))))
     save_predictions(name, probabilities)
-    summary = {
-        **summary,
-        "parameters_before_eds": full_size,
-        "parameters_after_eds": net.num_parameters(),
-        "interactions": len(interactions),
-        "interactions_dropped_with_pruned_fields": dropped,
-        "interactions_by_order": {str(p): sum(it.order == p for it in interactions)
-                                  for p in sorted({it.order for it in interactions})},
-    }
     return summary, net
 
 

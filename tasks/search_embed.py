@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from aim.models import build_model
+from tasks import tracking
 from tasks.common import GATES, METRICS, read_json, stage_main, write_json
 from tasks.config import Params
 from tasks.search_interaction import from_records
@@ -37,10 +38,15 @@ def run(params: Params) -> dict[str, Any]:
             hidden_units=(), embedding_dim=d, embedding_l2=section.embedding_l2, dim_gate_init=section.dim_gate_init,
             grda_lr=section.grda.lr, grda_c=section.grda.c, grda_mu=section.grda.mu,
         )
-        summary, _ = train_and_test(net, train_config(params, section.train, "search_embed.train"), splits,
-                                    "search_embed", {"section": section.model_dump(), "gates": gates})
-        beta = net.dim_gates.detach().cpu()
-        kept = [torch.nonzero(beta[i]).flatten().tolist() for i in range(len(fields))]
+        config = train_config(params, section.train, "search_embed.train")
+        run_config = tracking.run_config(config, search_embed=section, mode=gates["mode"], embedding_dim=d,
+                                         interactions=len(interactions))
+        with tracking.tracked("search_embed", "search_embed", params, run_config) as tracker:
+            summary, _ = train_and_test(net, config, splits, "search_embed",
+                                        {"section": section.model_dump(), "gates": gates}, tracker)
+            beta = net.dim_gates.detach().cpu()
+            kept = [torch.nonzero(beta[i]).flatten().tolist() for i in range(len(fields))]
+            tracker.table("embedding_sizes", *tracking.embedding_table(dict(zip(names, kept, strict=True))))
     else:
         print("search_embed: disabled (or no interactions kept): every field keeps all "
               f"{d} dimensions", flush=True)

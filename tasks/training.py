@@ -31,6 +31,7 @@ from tasks.common import (
     split_path,
 )
 from tasks.config import Params, overlay
+from tasks.tracking import Tracker, TrackerCallback
 
 MODELS_DIR = Path("models")
 
@@ -126,19 +127,24 @@ class History:
 
 
 def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData], name: str,
-                   settings: Any) -> tuple[dict[str, Any], np.ndarray]:
+                   settings: Any, tracker: Tracker | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Train ``net`` (resuming a checkpoint of the same ``settings`` and data), then score the test split.
 
     The per-epoch curve goes to ``reports/<name>.csv``, the checkpoint to ``models/checkpoints/<name>.ckpt``
-    (removed once done). Returns the summary every training stage reports, and the test probabilities.
+    (removed once done), and, given a ``tracker``, each epoch and the summary to it as well. Returns the
+    summary every training stage reports, and the test probabilities.
     """
-    trainer = Trainer(net, config, callbacks=[History(REPORTS / f"{name}.csv", name)])
+    track = [TrackerCallback(tracker)] if tracker is not None else []
+    trainer = Trainer(net, config, callbacks=[History(REPORTS / f"{name}.csv", name), *track])
     # The data by content (row counts, code and label sums), so a checkpoint never resumes on other data.
     data = [(len(d), int(d.single.sum()), float(d.label.sum()), [int(m.sum()) for m in d.multi])
             for d in splits.values()]
     key = fingerprint(name, settings, dataclasses.asdict(config) | {"progress": None}, data)
     checkpoint = Checkpoint(MODELS_DIR / "checkpoints" / f"{name}.ckpt", key)
-    checkpoint.restore(trainer)
+    if checkpoint.restore(trainer):
+        for callback in track:  # a resumed run is a new W&B run: it gets the epochs before the stop too
+            for record in trainer.history:
+                callback.on_epoch_end(trainer, record)
     trainer.callbacks.append(checkpoint)
     print(f"{name}: {net.num_parameters():,} parameters, {len(splits['train']):,} train rows, "
           f"device {trainer.device}, {config.precision}", flush=True)
@@ -167,6 +173,8 @@ def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData
         "device": str(trainer.device),
         "precision": config.precision,
     }
+    if tracker is not None:
+        tracker.summary(summary)
     return summary, probabilities
 
 

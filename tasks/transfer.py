@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from aim.models import build_model
+from tasks import tracking
 from tasks.common import GATES, METRICS, read_json, stage_main, write_json
 from tasks.config import ConfigError, Params
 from tasks.search_interaction import from_records
@@ -35,8 +36,12 @@ def run(params: Params, model: str) -> dict[str, Any]:
     except (ValueError, TypeError) as err:
         raise ConfigError(f"params.yaml: transfer.models.{model}: {err}") from None
     config = train_config(params, params.transfer.train_overrides(model), f"transfer.models.{model}.train")
-    summary, probabilities = train_and_test(net, config, splits, f"transfer/{model}",
-                                            {"hparams": hparams, "gates": gates})
+    run_config = tracking.run_config(config, model=model, hyperparameters=hparams, transfer=params.transfer,
+                                     interactions=len(interactions))
+    with tracking.tracked("transfer", f"transfer/{model}", params, run_config) as tracker:
+        summary, probabilities = train_and_test(net, config, splits, f"transfer/{model}",
+                                                {"hparams": hparams, "gates": gates}, tracker)
+        tracker.table("interactions", *tracking.interaction_table(gates["interactions"]))
     save_predictions(model, probabilities)
     summary = {"model": model, **summary, "interactions": len(interactions), "hyperparameters": hparams}
     write_json(METRICS / "transfer" / f"{model}.json", summary)

@@ -51,7 +51,7 @@ def test_search_recovers_planted_pairs_and_triples(planted_data, tmp_path: Path,
     section = SearchConfig.model_validate(params.search.model_dump() | {"mode": "fis", "max_order": 3})
     monkeypatch.chdir(tmp_path)  # the search writes its curves and predictions under reports/
     torch.set_num_threads(2)
-    gates = search(params, section, fields, splits, "search_interaction")
+    gates, _ = search(params, section, fields, splits, "search_interaction")
     found = recovery(gates, truth)
     print(found)
     assert found["pair_recall"] >= 0.8
