@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +13,9 @@ import pytest
 import yaml
 
 from tasks.config import Params, parse_params
+
+# No W&B files from the tests; stage subprocesses (dvc repro, flows) inherit this. A test may set its own mode.
+os.environ.setdefault("WANDB_MODE", "disabled")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
@@ -43,3 +50,73 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Stages write relative to the current directory: give each test its own."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def sh(cmd: list[str], cwd: Path, check: bool = True) -> str:
+    """Run a command as a user would (the venv's tools first on PATH, no telemetry); stdout + stderr."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
+               GX_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and done.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout + done.stderr
+
+
+def ran(output: str) -> list[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran, in order."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def tiny_project(repo: Path) -> Path:
+    """A git repo at ``repo`` holding the working tree's tracked files and a tiny, quick config.
+
+    3,000 synthetic rows, two baselines, two epochs everywhere, two interaction functions: the whole
+    pipeline runs in about 1.5 min on 2 cores.
+    """
+    files = sh(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("tests/", "bench/")):
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            (repo / f).write_bytes((ROOT / f).read_bytes())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["generate"]["rows"] = 3000
+    params["baselines"]["models"] = {"lr": {}, "fm": {}}  # two models keep the tests quick
+    params["train"]["epochs"] = 2
+    for section in ("search", "search_embed", "retrain"):  # the searches set their own epochs
+        params[section]["train"]["epochs"] = 2
+    params["search"]["functions"] = ["inner", "vector_kernel"]
+    for spec in params["datasets"].values():  # the clone lives elsewhere: point presets at ../shared for real
+        spec["paths"] = [p.replace("../shared/data", str(SHARED_DATA)) for p in spec["paths"]]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        sh(cmd, repo)
+    return repo
+
+
+@dataclass
+class Reproduced:
+    """A tiny project after its first `dvc repro`: what ran and the dvc.lock it wrote (tests may go on
+    changing the project; these two stay as they were)."""
+
+    repo: Path
+    output: str
+    lock: str
+    evaluate: str  # metrics/evaluate.json
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
+    """One `dvc repro` of a tiny project per test session, shared by the pipeline and the flow tests."""
+    repo = tiny_project(tmp_path_factory.mktemp("reproduced"))
+    output = sh(["dvc", "repro"], repo)
+    return Reproduced(repo, output, (repo / "dvc.lock").read_text(), (repo / "metrics/evaluate.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Any:
+    """One temporary Prefect server and database for the whole test session (starting one takes seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
