@@ -1,0 +1,154 @@
+"""The Prefect flow runs the DVC stages as a hand-run `dvc repro` does; a failed stage fails it by name;
+the scheduled deployments of prefect.yaml carry their cron schedules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from flows.aim_pipeline import SEARCH_STAGES, StageFailed, aim_pipeline, pipeline_stages
+from flows.serve import PREFECT_YAML, deployments
+from tests.conftest import Reproduced, ran, sh, tiny_project
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+# Outputs whose content holds wall-clock figures (train seconds, samples/s, report dates): two runs of one
+# config never agree on them. Everything else in dvc.lock must be the same hash.
+TIMED = ("metrics/", "reports/")
+UNTIMED = ("metrics/validate.json", "reports/predictions")
+
+
+def lock_hashes(lock: str) -> dict[str, Any]:
+    """Per stage of a dvc.lock: its command, params and the md5 of every untimed dep and out."""
+    stages = yaml.safe_load(lock)["stages"]
+
+    def untimed(path: str) -> bool:
+        return not path.startswith(TIMED) or path.startswith(UNTIMED)
+
+    return {name: {"cmd": s["cmd"], "params": s.get("params"),
+                   **{kind: {d["path"]: d.get("md5") for d in s.get(kind, []) if untimed(d["path"])}
+                      for kind in ("deps", "outs")}}
+            for name, s in stages.items()}
+
+
+@pytest.fixture(scope="module")
+def flowed(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> tuple[Path, dict[str, str]]:
+    """A tiny project (the same config as `reproduced`) run end to end by the flow."""
+    repo = tiny_project(tmp_path_factory.mktemp("flowed"))
+    return repo, aim_pipeline(root=str(repo))
+
+
+def test_stages_come_in_dag_order_with_validation_before_any_training(flowed: tuple[Path, dict]) -> None:
+    repo, _ = flowed
+    order = [s["name"] for s in pipeline_stages(repo)]
+    assert order[:4] == ["generate", "ingest", "encode", "validate"] and order[-1] == "evaluate"
+    assert order.index("search_interaction") < order.index("search_embed") < order.index("retrain")
+    metrics = {s["name"]: s["metrics"] for s in pipeline_stages(repo)}
+    assert metrics["validate"] == ["metrics/validate.json"] and metrics["baselines@fm"] == ["metrics/baselines/fm.json"]
+
+
+def test_flow_runs_every_stage_and_writes_the_same_lock_as_dvc_repro(flowed: tuple[Path, dict],
+                                                                    reproduced: Reproduced) -> None:
+    repo, results = flowed
+    assert list(results) == ran(reproduced.output)  # the same stages, in the same order, all of them run
+    assert set(results.values()) == {"ran"}
+    assert lock_hashes((repo / "dvc.lock").read_text()) == lock_hashes(reproduced.lock)
+    assert "up to date" in sh(["dvc", "status"], repo)  # the flow left dvc.lock consistent with the workspace
+
+    again = aim_pipeline(root=str(repo))  # nothing changed: DVC skips every stage
+    assert set(again.values()) == {"skipped"} and list(again) == list(results)
+
+
+def latest_artifact(key: str) -> Any:
+    """The newest artifact under ``key``. (Prefect 3.8.8's ``Artifact.get`` sends null run filters that its own
+    server rejects with a 422, so the filters are given, empty, here.)"""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, TaskRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
+                                      sort=ArtifactSort.UPDATED_DESC, limit=1, offset=0)
+    return found[0] if found else None
+
+
+def test_each_stage_attaches_its_metrics_as_a_markdown_artifact(flowed: tuple[Path, dict]) -> None:
+    repo, _ = flowed
+    evaluate = latest_artifact("evaluate")
+    assert evaluate is not None and evaluate.type == "markdown"
+    assert "metrics/evaluate.json: models" in evaluate.data  # the model table as a table
+    retrain = next(r for r in json.loads((repo / "metrics/evaluate.json").read_text())["models"]
+                   if r["kind"] == "aim")
+    assert f"| aim (retrain) | aim | {retrain['test_auc']:.5g} |" in evaluate.data
+    fm = latest_artifact("baselines-fm")
+    auc = json.loads((repo / "metrics/baselines/fm.json").read_text())["test_auc"]
+    assert f"| test_auc | {auc:.5g} |" in fm.data
+
+
+def test_search_false_keeps_the_gates_and_overrides_become_a_dvc_experiment(flowed: tuple[Path, dict],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    repo, _ = flowed
+    for var in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        monkeypatch.setenv(var, "test")
+    for var in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(var, "test@example.com")
+    gates = (repo / "gates/interaction.json").read_bytes()
+    results = aim_pipeline(root=str(repo), search=False, overrides=["retrain.dropout=0.1"], experiment="nightly-0.1")
+    assert not set(SEARCH_STAGES) & set(results)  # frozen: not even asked of DVC
+    assert results["retrain"] == "ran" and results["evaluate"] == "ran"
+    assert results["baselines@lr"] == "skipped"  # a retrain param: the baselines did not change
+    assert (repo / "gates/interaction.json").read_bytes() == gates
+    assert yaml.safe_load((repo / "params.yaml").read_text())["retrain"]["dropout"] == 0.1
+    shown = sh(["dvc", "exp", "show", "--json"], repo)
+    assert "nightly-0.1" in shown
+
+
+def test_a_rejected_override_names_the_key_and_leaves_params_as_they_were(flowed: tuple[Path, dict]) -> None:
+    repo, _ = flowed
+    before = (repo / "params.yaml").read_text()
+    with pytest.raises(ValueError, match="nope"):
+        aim_pipeline(root=str(repo), overrides=["nope.depth=3"])
+    with pytest.raises(ValueError, match="train.lr"):
+        aim_pipeline(root=str(repo), overrides=["train.lr=fast"])
+    assert (repo / "params.yaml").read_text() == before
+    with pytest.raises(ValueError, match="unknown stage"):
+        aim_pipeline(root=str(repo), stages=["trian"])
+
+
+def test_a_failed_validation_fails_the_flow_naming_the_stage(flowed: tuple[Path, dict]) -> None:
+    repo, _ = flowed
+    valid = repo / "data/encoded/valid.parquet"
+    frame = pl.read_parquet(valid)
+    frame.with_columns(pl.when(pl.int_range(pl.len()) < 5).then(7).otherwise(pl.col("label"))
+                       .cast(frame.schema["label"]).alias("label")).write_parquet(valid)  # 5 labels of 7
+    trained = (repo / "metrics/baselines/lr.json").stat().st_mtime_ns
+    state = aim_pipeline(root=str(repo), stages=["validate", "baselines@lr"], return_state=True)
+    assert state.is_failed()
+    with pytest.raises(StageFailed, match=r"(?s)stage 'validate' failed \(exit \d+\): error: "
+                       r"validation failed.*valid: label is 0/1 \(unexpected: 5 rows, e.g. 7\)"):
+        state.result()
+    assert (repo / "metrics/baselines/lr.json").stat().st_mtime_ns == trained  # nothing trained after the gate
+
+
+def test_deployments_in_prefect_yaml_carry_their_cron_schedules() -> None:
+    from prefect import get_client
+
+    built = {d.name: d for d in deployments(PREFECT_YAML)}
+    assert set(built) == {"retrain", "research"}
+    assert [s.schedule.cron for s in built["retrain"].schedules] == ["0 2 * * *"]  # nightly
+    assert [s.schedule.cron for s in built["research"].schedules] == ["0 4 * * 0"]  # weekly, Sunday
+    assert built["retrain"].parameters == {"search": False} and built["research"].parameters == {"search": True}
+    assert built["retrain"].entrypoint.endswith("flows/aim_pipeline.py:aim_pipeline")
+
+    with get_client(sync_client=True) as client:  # registered with a server, they read back the same
+        for name, deployment in built.items():
+            stored = client.read_deployment(deployment.apply())
+            assert stored.name == name and stored.parameters == deployment.parameters
+            assert [s.schedule.cron for s in stored.schedules] == [s.schedule.cron for s in deployment.schedules]
+            assert all(s.active for s in stored.schedules)
