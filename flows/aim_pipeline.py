@@ -52,8 +52,9 @@ class StageFailed(RuntimeError):
 
 
 def pipeline_stages(root: Path) -> list[dict[str, Any]]:
-    """The stages of ``root/dvc.yaml`` in the order ``dvc repro`` runs them, each with its name and the
-    metric files it declares. Planned by DVC's own code (``foreach`` stages come expanded, frozen ones out)."""
+    """The stages of ``root/dvc.yaml`` in the order ``dvc repro`` runs them, each with its name, the metric
+    files it declares and all its outputs. Planned by DVC's own code (``foreach`` stages come
+    expanded)."""
     from dvc.dvcfile import PROJECT_FILE
     from dvc.repo import Repo
     from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
@@ -62,8 +63,8 @@ def pipeline_stages(root: Path) -> list[dict[str, Any]]:
         # DVC resolves targets against the working directory, not the repo: name the file absolutely.
         targets = [str(Path(repo.root_dir) / PROJECT_FILE)]
         order = plan_repro(get_active_graph(repo.index.graph), collect_stages(repo, targets))
-        return [{"name": s.addressing.split(":")[-1], "metrics": [str(o.def_path) for o in s.outs if o.metric]}
-                for s in order]
+        return [{"name": s.addressing.split(":")[-1], "metrics": [str(o.def_path) for o in s.outs if o.metric],
+                 "outs": [str(o.def_path) for o in s.outs]} for s in order]
 
 
 def _dvc(args: list[str], root: Path) -> subprocess.CompletedProcess[str]:
@@ -120,13 +121,13 @@ def metrics_markdown(stage: str, root: Path, files: list[str]) -> str:
         if not path.exists():
             continue
         data = json.loads(path.read_text())
+        for key, value in (data.items() if isinstance(data, dict) else []):  # tables first: evaluate's models
+            if _records(value):
+                parts.append(f"## {name}: {key}\n\n{_record_table(value)}")
         rows = _flatten("", data)
         if rows:
             parts.append(f"## {name}\n\n| metric | value |\n|---|---|\n"
                          + "\n".join(f"| {key} | {_cell(value)} |" for key, value in rows[:200]) + "\n")
-        for key, value in (data.items() if isinstance(data, dict) else []):
-            if _records(value):
-                parts.append(f"## {name}: {key}\n\n{_record_table(value)}")
     return "\n".join(parts)
 
 
@@ -215,6 +216,13 @@ def aim_pipeline(dataset: str | None = None, overrides: list[str] | None = None,
     unknown = sorted(set(stages or []) - set(names))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {names}")
+    if not search:  # the frozen searches' gates and metrics must exist: later stages read them
+        missing = [out for stage in plan if stage["name"] in SEARCH_STAGES for out in stage["outs"]
+                   if not (project / out).exists()]
+        if missing:
+            raise ValueError(f"search=False reuses the outputs of an earlier search, but {', '.join(missing)} "
+                             f"do not exist in {project}: run the whole pipeline once first (the `research` "
+                             "deployment, `python -m flows.aim_pipeline` or `dvc repro`), or `dvc checkout` them")
     results: dict[str, str] = {}
     for stage in plan:
         name = stage["name"]
