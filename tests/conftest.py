@@ -103,6 +103,11 @@ class Reproduced:
     output: str
     lock: str
     evaluate: str  # metrics/evaluate.json
+    gates: dict[str, str]  # gates/<name>.json -> its text
+
+
+def read_gates(repo: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((repo / "gates").glob("*.json"))}
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +115,8 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
     """One `dvc repro` of a tiny project per test session, shared by the pipeline and the flow tests."""
     repo = tiny_project(tmp_path_factory.mktemp("reproduced"))
     output = sh(["dvc", "repro"], repo)
-    return Reproduced(repo, output, (repo / "dvc.lock").read_text(), (repo / "metrics/evaluate.json").read_text())
+    return Reproduced(repo, output, (repo / "dvc.lock").read_text(), (repo / "metrics/evaluate.json").read_text(),
+                      read_gates(repo))
 
 
 @pytest.fixture(scope="session")
