@@ -17,6 +17,7 @@ import gzip
 import hashlib
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +48,30 @@ REJECTED_SCHEMA = {"file": pl.String, "line": pl.Int64, "reason": pl.String, "de
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def iter_blocks(path: Path, block_bytes: int) -> Iterator[tuple[bytes, int]]:
-    """Yield (bytes of whole lines, number of the block's first line); gzip is read transparently."""
+def iter_blocks(path: Path, block_bytes: int, digest: Any = None) -> Iterator[tuple[bytes, int, int]]:
+    """Yield (bytes of whole lines, number of the block's first line, its number of lines); gzip is read
+    transparently. Lines are counted once, here (a count is a full scan of the block).
+
+    ``digest`` (a hashlib object), if given, is fed every byte as it is read: the input's checksum costs
+    no second read of the file.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     carry, first_line = b"", 1
     with opener(path, "rb") as f:
         while chunk := f.read(block_bytes):
-            data = carry + chunk
+            if digest is not None:
+                digest.update(chunk)
+            data = carry + chunk if carry else chunk
             cut = data.rfind(b"\n")
             if cut < 0:  # a single line longer than a block: keep reading
                 carry = data
                 continue
             block, carry = data[: cut + 1], data[cut + 1 :]
-            yield block, first_line
-            first_line += block.count(b"\n")
+            lines = block.count(b"\n")
+            yield block, first_line, lines
+            first_line += lines
     if carry:
-        yield carry + b"\n", first_line
+        yield carry + b"\n", first_line, carry.count(b"\n") + 1
 
 
 def block_lines(block: bytes, encoding: str) -> pl.DataFrame:
@@ -97,8 +106,10 @@ def block_lines(block: bytes, encoding: str) -> pl.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------- parsing
-def _typed(name: str, spec: ColumnSpec) -> tuple[list[pl.Expr], list[tuple[pl.Expr, str, pl.Expr]]]:
-    """Expressions turning raw string column ``name`` into its typed column(s), and its checks.
+def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
+           ) -> tuple[list[pl.Expr], list[tuple[pl.Expr, str, pl.Expr]]]:
+    """Expressions turning raw column ``name`` (String, or ``dtype`` where the reader typed it) into its
+    typed column(s), and its checks.
 
     A check is (failing condition, reason, detail): the reason is a category that metrics count, the
     detail says what exactly was wrong on that line.
@@ -117,6 +128,11 @@ def _typed(name: str, spec: ColumnSpec) -> tuple[list[pl.Expr], list[tuple[pl.Ex
         return [out.alias(LABEL)], [(bad, "label outside mapping",
                                      pl.format("{} = '{}'", pl.lit(name), raw))]
     if spec.kind == "numeric":
+        if dtype == pl.Float64:  # parsed by the CSV reader already (the fast path): nothing left to check
+            return [raw.alias(name)], []
+        # Spaces around a number are allowed and a blank field is missing, as in the CSV reader's own parse.
+        text = raw.str.strip_chars(" ")
+        value = pl.when(text.str.len_bytes() > 0).then(text)
         num = value.cast(pl.Float64, strict=False)
         return [num.alias(name)], [(value.is_not_null() & num.is_null(), f"non-numeric value in {name}",
                                     pl.format("{} = '{}'", pl.lit(name), raw))]
@@ -182,7 +198,7 @@ def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[t
     checks = list(checks)
     outputs: list[pl.Expr] = []
     for name, spec in columns.items():
-        exprs, column_checks = _typed(name, spec)
+        exprs, column_checks = _typed(name, spec, df.schema.get(name))
         outputs += exprs
         checks += column_checks
     flag_groups: dict[str, list[str]] = {}
@@ -205,49 +221,81 @@ def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[t
 
 
 def parse_block_fast(block: bytes, first_line: int, columns: dict[str, ColumnSpec], sep: str,
-                     ) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+                     n_lines: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     """The common case at full speed: a valid UTF-8 block, LF line ends, a one-byte separator.
 
-    Lines of the wrong shape are set aside by a vectorised separator count; the rest go to Polars' native
-    multi-threaded CSV reader as they are. Returns None when the block needs the general path.
+    Polars' multi-threaded CSV reader parses the block as it is, numeric columns as numbers. Its shape is
+    checked without finding a single separator: when the block holds exactly (n - 1) separators per line,
+    either every line has n fields or one has more, and the reader raises on a line with more. Only a block
+    that fails that check (or holds a value that is not a number) takes the exact path, which counts the
+    fields of every line, sets the wrong ones aside and types the rest from text, so that the checks can
+    name each bad line. Returns None when the block needs the general path.
     """
     if len(sep.encode()) != 1 or b"\r" in block:
         return None
-    try:
-        block.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    arr = np.frombuffer(block, np.uint8)
-    ends = np.flatnonzero(arr == 10)
-    starts = np.empty_like(ends)
-    starts[0], starts[1:] = 0, ends[:-1] + 1
+    if not block.isascii():  # isascii is a fast scan; only other blocks pay for a full UTF-8 decode
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     n = len(columns)
-    seps = np.flatnonzero(arr == ord(sep))  # separators per line = how many separator positions fall inside it
-    n_fields = np.searchsorted(seps, ends) - np.searchsorted(seps, starts) + 1
-    n_fields[starts == ends] = 0  # an empty line
-    good = n_fields == n
-    line_numbers = np.arange(first_line, first_line + len(ends), dtype=np.int64)
-    shape_rejected = pl.DataFrame(schema={"line": pl.Int64, "reason": pl.String, "detail": pl.String,
-                                          "raw": pl.String})
-    if not good.all():
-        bad = np.flatnonzero(~good)
-        raw = [block[starts[i]:ends[i]].decode() for i in bad]
-        shape_rejected = pl.DataFrame({
-            "line": line_numbers[bad],
-            "reason": [EMPTY_LINE if not r.strip() else WRONG_COLUMN_COUNT for r in raw],
-            "detail": ["" if not r.strip() else f"{k} fields, expected {n}" for r, k in zip(raw, n_fields[bad],
-                                                                                            strict=True)],
-            "raw": raw}, schema=shape_rejected.schema)
-        keep = np.repeat(good, ends - starts + 1)  # byte mask: whole good lines, newline included
-        block = arr[keep].tobytes()
-    if not good.any():
-        return pl.DataFrame({"_line": []}, schema={"_line": pl.Int64}), shape_rejected
-    names = list(columns)
-    df = pl.read_csv(block, separator=sep, has_header=False, quote_char=None, empty_string_is_null=False,
-                     schema=dict.fromkeys(names, pl.String))
-    df = df.with_columns(_line=pl.Series(line_numbers[good]))
-    raw = pl.concat_str([pl.col(c) for c in names], separator=sep)  # the line exactly, for rejected rows only
-    rows, rejected = type_fields(df, columns, [], raw)
+    n_lines = block.count(b"\n") if n_lines is None else n_lines  # a block always ends with a newline
+    text = dict.fromkeys(columns, pl.String)
+    typed = text | {c: pl.Float64 for c, s in columns.items() if s.kind == "numeric"}
+    options = {"separator": sep, "has_header": False, "quote_char": None, "empty_string_is_null": False}
+    arr = np.frombuffer(block, np.uint8)
+    line_ends: np.ndarray | None = None
+
+    def raw_lines(numbers: list[int]) -> list[str]:
+        nonlocal line_ends
+        if line_ends is None:
+            line_ends = np.flatnonzero(arr == 10)
+        out = []
+        for number in numbers:
+            i = number - first_line
+            start = line_ends[i - 1] + 1 if i else 0
+            out.append(block[start:line_ends[i]].decode())
+        return out
+
+    df = None
+    shape_rejected = pl.DataFrame(schema=REJECTED_SCHEMA).drop("file")
+    line_numbers = np.arange(first_line, first_line + n_lines, dtype=np.int64)
+    if block.count(sep.encode()) == n_lines * (n - 1):
+        try:
+            df = pl.read_csv(block, schema=typed, **options)
+        except pl.exceptions.ComputeError:  # a line with too many fields, or a value that is not a number
+            df = None
+    if df is None:  # the exact path
+        line_ends = np.flatnonzero(arr == 10)
+        starts = np.empty_like(line_ends)
+        starts[0], starts[1:] = 0, line_ends[:-1] + 1
+        seps = np.flatnonzero(arr == ord(sep))  # separators per line = separator positions inside it
+        n_fields = np.searchsorted(seps, line_ends) - np.searchsorted(seps, starts) + 1
+        n_fields[starts == line_ends] = 0  # an empty line
+        good = n_fields == n
+        lines = block
+        if not good.all():
+            bad = np.flatnonzero(~good)
+            raw = raw_lines(line_numbers[bad].tolist())
+            shape_rejected = pl.DataFrame({
+                "line": line_numbers[bad],
+                "reason": [EMPTY_LINE if not r.strip() else WRONG_COLUMN_COUNT for r in raw],
+                "detail": ["" if not r.strip() else f"{k} fields, expected {n}"
+                           for r, k in zip(raw, n_fields[bad], strict=True)],
+                "raw": raw}, schema=shape_rejected.schema)
+            keep = np.repeat(good, line_ends - starts + 1)  # byte mask: whole good lines, newline included
+            lines = arr[keep].tobytes()
+            line_numbers = line_numbers[good]
+        if not good.any():
+            return pl.DataFrame({"_line": []}, schema={"_line": pl.Int64}), shape_rejected
+        try:
+            df = pl.read_csv(lines, schema=typed, **options)
+        except pl.exceptions.ComputeError:  # a numeric column holds something else: type it from text
+            df = pl.read_csv(lines, schema=text, **options)
+    df = df.with_columns(_line=pl.Series(line_numbers))
+    rows, rejected = type_fields(df, columns, [], pl.lit(None, pl.String))
+    if rejected.height:  # the raw text of the (few) rejected lines, exactly as in the file
+        rejected = rejected.with_columns(raw=pl.Series(raw_lines(rejected["line"].to_list()), dtype=pl.String))
     return rows, pl.concat([shape_rejected, rejected]).sort("line")
 
 
@@ -270,32 +318,39 @@ def check_header(path: Path, first_line: str, sep: str, header: bool | str, expe
 
 
 def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, header: bool | str,
-               encoding: str, libfm: bool, block_bytes: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
-    """Parse files block by block: yields (typed rows, rejected lines, counts) per block."""
+               encoding: str, libfm: bool, block_bytes: int, checksums: dict[str, str] | None = None,
+               ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
+    """Parse files block by block: yields (typed rows, rejected lines, counts) per block. Given
+    ``checksums``, each file's sha256 is put there once the file has been read."""
     for path in paths:
         if not path.exists():
             raise StageError(f"{path}: input file not found")
         if path.stat().st_size == 0:
             raise StageError(f"{path}: input file is empty")
         first_block = True
-        for block, first_line in iter_blocks(path, block_bytes):
+        # A gzip file's checksum is of the file as stored, so it cannot come from the decompressed blocks.
+        digest = hashlib.sha256() if checksums is not None and path.suffix != ".gz" else None
+        for block, first_line, n_lines in iter_blocks(path, block_bytes, digest):
             size, header_lines = len(block), 0
             if first_block:
                 first_block = False
                 eol = block.index(b"\n")
                 head = block[:eol].decode(encoding, "replace").rstrip("\r")
                 if header is not False and check_header(path, head, sep, header, list(columns)):
-                    block, first_line, header_lines = block[eol + 1 :], first_line + 1, 1
+                    block, first_line, header_lines, n_lines = block[eol + 1 :], first_line + 1, 1, n_lines - 1
             if not block:
                 continue
-            parsed = parse_block_fast(block, first_line, columns, sep) if encoding == "utf8" and not libfm else None
+            parsed = (parse_block_fast(block, first_line, columns, sep, n_lines) if encoding == "utf8" and not libfm
+                      else None)
             if parsed is None:  # the general path: bad bytes, CR line ends, libfm, Latin-1, long separators
                 lines = block_lines(block, encoding).with_columns(
                     _line=pl.int_range(first_line, first_line + pl.len(), dtype=pl.Int64))
                 parsed = parse_lines(lines, columns, sep, libfm)
             rows, rejected = parsed
             rejected = rejected.with_columns(file=pl.lit(str(path))).select(list(REJECTED_SCHEMA))
-            yield rows, rejected, {"lines": block.count(b"\n"), "header_lines": header_lines, "bytes": size}
+            yield rows, rejected, {"lines": n_lines, "header_lines": header_lines, "bytes": size}
+        if checksums is not None:
+            checksums[str(path)] = digest.hexdigest() if digest is not None else _sha256(path)
 
 
 def sample_negatives(rows: pl.DataFrame, spec: DatasetSpec, seed: int) -> pl.DataFrame:
@@ -345,6 +400,37 @@ def join_side_table(rows: pl.DataFrame, join: JoinSpec, block_bytes: int, reject
 
 
 # --------------------------------------------------------------------------------------------------- run
+class ParquetStream:
+    """Appends tables to one Parquet file from a background thread, so that writing one block overlaps
+    parsing the next (pyarrow's writer releases the GIL); one write at most is in flight.
+
+    LZ4 and no column statistics: rows.parquet is an intermediate that encode reads whole, column by
+    column, and the two cut the writer's time per block by about 30 % (bench/ingest_encode.py's log).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer: pq.ParquetWriter | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
+        self.pending: Future | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.pending is not None:
+            self.pending.result()  # raises here if the last write failed
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="lz4", write_statistics=False)
+        self.pending = self.pool.submit(self.writer.write_table, table)
+
+    def close(self) -> None:
+        try:
+            if self.pending is not None:
+                self.pending.result()
+            if self.writer is not None:
+                self.writer.close()
+        finally:
+            self.pool.shutdown()
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -363,12 +449,13 @@ def run(params: Params) -> dict[str, Any]:
     totals = {"lines": 0, "header_lines": 0, "rows_ok": 0}
     post_process = bool(spec.joins or spec.implicit)
     kept: list[pl.DataFrame] = []  # only when joins / sampling need the whole table
-    writer: pq.ParquetWriter | None = None
+    writer = ParquetStream(ROWS)
     # Progress in raw bytes (a gzip file's are uncompressed, so its total is unknown).
     total = None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths if p.exists())
     progress = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=not progress_enabled())
+    checksums: dict[str, str] = {}
     for rows, bad, counts in read_table(paths, spec.columns, spec.sep, spec.header, spec.encoding,
-                                        spec.format == "libfm", block_bytes):
+                                        spec.format == "libfm", block_bytes, checksums):
         progress.update(counts["bytes"])
         totals["lines"] += counts["lines"]
         totals["header_lines"] += counts["header_lines"]
@@ -379,12 +466,10 @@ def run(params: Params) -> dict[str, Any]:
         if post_process:
             kept.append(rows)
         else:  # stream straight to Parquet: a large log never sits in memory whole
-            table = rows.to_arrow()
-            writer = writer or pq.ParquetWriter(ROWS, table.schema)
-            writer.write_table(table)
+            writer.write(rows.to_arrow())
     progress.close()
     rows_rejected = sum(reasons.values())
-    files = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in paths]
+    files = [{"path": str(p), "bytes": p.stat().st_size, "sha256": checksums[str(p)]} for p in paths]
     result: dict[str, Any] = {
         "dataset": params.dataset,
         "rows_in": totals["lines"],
@@ -411,7 +496,6 @@ def run(params: Params) -> dict[str, Any]:
         rows_out = table_rows.height
         schema = table_rows.schema
     else:
-        assert writer is not None
         writer.close()
         rows_out = totals["rows_ok"]
         schema = pl.read_parquet_schema(ROWS)

@@ -1,5 +1,7 @@
 """Bad input: every kind of unusable line is kept aside with its reason; bad files stop with a clear message."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import polars as pl
@@ -46,6 +48,51 @@ def test_each_bad_line_gets_its_reason(workdir: Path) -> None:
     assert rows["I1"].to_list() == [3.0, None, 4.5] and rows["C1"].to_list() == ["a", None, "b"]
     assert rows["M"].to_list() == [["x", "y"], [], ["z"]]
     assert rows["T"].dt.hour().to_list() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("bad_number", [False, True])
+def test_fast_and_general_paths_agree(workdir: Path, bad_number: bool) -> None:
+    """The fast path (numbers parsed by the CSV reader) and the general one (CR line ends force it) give the
+    same rows and the same rejected lines, with the raw text exact; a block holding a value that is not a
+    number falls back to text and names that line."""
+    lines = ["1\t3\ta\t14102100\tx", "0\t  5\tb\t14102101\ty", "1\t5 \tc\t14102102\t", "0\t \td\t14102103\tz",
+             "9\t1.5\te\t14102104\tx", "1\t2e3\tf\t14102105\tx|y"]
+    if bad_number:
+        lines.append("0\t1,5\tg\t14102106\tx")
+    results = []
+    for eol in ("\n", "\r\n"):
+        path = workdir / f"log{len(eol)}.tsv"
+        path.write_text(eol.join(lines) + eol)
+        m = ingest.run(tiny_params(COLUMNS, path))
+        rejected = pl.read_parquet(REJECTED).drop("file")
+        results.append((m["rows_ok"], pl.read_parquet(ROWS), rejected))
+        manifest = json.loads((workdir / "data/interim/manifest.json").read_text())
+        assert manifest["files"][0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    (ok_fast, rows_fast, bad_fast), (ok_general, rows_general, bad_general) = results
+    assert ok_fast == ok_general == 5
+    assert rows_fast.equals(rows_general)
+    assert rows_fast["I1"].to_list() == [3.0, 5.0, 5.0, None, 2000.0]  # spaces around a number; blank = missing
+    assert bad_fast.equals(bad_general)
+    expected = [(5, "label outside mapping", "9\t1.5\te\t14102104\tx")]
+    if bad_number:
+        expected.append((7, "non-numeric value in I1", "0\t1,5\tg\t14102106\tx"))
+    assert list(zip(bad_fast["line"], bad_fast["reason"], bad_fast["raw"], strict=True)) == expected
+
+
+def test_a_short_line_and_a_long_one_do_not_cancel_out(workdir: Path) -> None:
+    """The fast path's shape check counts separators per block: a line one field short and another one
+    field long leave the total right, and both must still be set aside."""
+    lines = ["1\t3\ta\t14102100\tx", "0\t4\tb\t14102101", "1\t5\tc\t14102102\tx\textra", "0\t6\td\t14102103\tz"]
+    path = workdir / "log.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    m = ingest.run(tiny_params(COLUMNS, path))
+    assert sum(line.count("\t") for line in lines) == len(lines) * (len(COLUMNS) - 1)  # the total is right
+    assert m["rows_in"] == 4 and m["rows_ok"] == 2
+    rejected = pl.read_parquet(REJECTED)
+    assert rejected["line"].to_list() == [2, 3]
+    assert rejected["reason"].to_list() == ["wrong column count", "wrong column count"]
+    assert rejected["raw"].to_list() == lines[1:3]
+    assert pl.read_parquet(ROWS)["I1"].to_list() == [3.0, 6.0]
 
 
 def test_line_numbers_are_exact_across_blocks(workdir: Path) -> None:
