@@ -18,6 +18,8 @@ Outputs: data/encoded/{train,valid,test}.parquet, feature_map.json, vocab.parque
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -209,21 +211,32 @@ def run(params: Params) -> dict[str, Any]:
     vocabs: dict[str, pl.DataFrame] = {}
     boundaries: dict[str, list[float]] = {}
     oov: dict[str, np.ndarray] = {}
-    for f in tqdm(fields, desc="encode", unit="field", disable=not progress_enabled()):
+
+    def encode_column(f: Field) -> tuple[np.ndarray | pa.Array, pl.DataFrame, list[float] | None, np.ndarray]:
         # One column at a time, so memory stays low; Polars' reader is several times faster than pyarrow's here.
         column = pl.read_parquet(ROWS, columns=[f.source]).to_arrow().column(0)
-        coded[f.name], vocabs[f.name], cuts = encode_field(f, column, train_rows, params.encode.min_count)
-        if cuts is not None:
-            boundaries[f.name] = cuts
-        oov[f.name] = _oov_by_split(coded[f.name], split)
+        codes, vocab, cuts = encode_field(f, column, train_rows, params.encode.min_count)
+        return codes, vocab, cuts, _oov_by_split(codes, split)
 
+    # Two fields at a time: Arrow's hashing and numpy's gathers release the GIL, so both cores work. Results
+    # are taken in field order, so the output does not depend on which thread finished first.
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        done = pool.map(encode_column, fields)
+        for f, (codes, vocab, cuts, field_oov) in zip(fields, tqdm(done, total=len(fields), desc="encode",
+                                                                   unit="field", disable=not progress_enabled()),
+                                                      strict=True):
+            coded[f.name], vocabs[f.name], oov[f.name] = codes, vocab, field_oov
+            if cuts is not None:
+                boundaries[f.name] = cuts
+
+    # Every field's codes side by side (numpy columns without a copy), then each split a filter of them.
+    codes_table = pl.DataFrame({LABEL: label, **{k: pl.from_arrow(v) if isinstance(v, pa.Array) else v
+                                                 for k, v in coded.items()}})
     stats: dict[str, dict[str, Any]] = {}
     for split_id, name in enumerate(SPLITS):
-        rows = np.flatnonzero(split == split_id)  # ascending: each split keeps the log's row order
-        table = pa.table({LABEL: label[rows], **{
-            k: (v.take(pa.array(rows)) if isinstance(v, pa.Array) else v[rows]) for k, v in coded.items()}})
-        pq.write_table(table, split_path(name))
-        stats[name] = {"rows": len(rows), "positives": int(label[rows].sum()),
+        part = codes_table.filter(pl.Series(split == split_id))  # each split keeps the log's row order
+        part.write_parquet(split_path(name))
+        stats[name] = {"rows": part.height, "positives": int(part[LABEL].sum()),
                        "oov": {k: int(v[split_id]) for k, v in oov.items()}}
 
     vocab_sizes = {f.name: FIRST_CODE + vocabs[f.name].height for f in fields}

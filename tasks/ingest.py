@@ -52,26 +52,26 @@ def iter_blocks(path: Path, block_bytes: int, digest: Any = None) -> Iterator[tu
     """Yield (bytes of whole lines, number of the block's first line, its number of lines); gzip is read
     transparently. Lines are counted once, here (a count is a full scan of the block).
 
-    ``digest`` (a hashlib object), if given, is fed every byte as it is read: the input's checksum costs
-    no second read of the file.
+    ``digest`` (a hashlib object), if given, is fed every byte as it is read, from a second thread (hashlib
+    releases the GIL): the input's checksum costs no second read of the file and little wall time.
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    carry, first_line = b"", 1
-    with opener(path, "rb") as f:
-        while chunk := f.read(block_bytes):
+    first_line, hashing = 1, None
+    with opener(path, "rb") as f, ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
+        while block := f.read(block_bytes):
+            if not block.endswith(b"\n"):
+                block += f.readline()  # finish the block's last line (one copy, and none at a block's end)
             if digest is not None:
-                digest.update(chunk)
-            data = carry + chunk if carry else chunk
-            cut = data.rfind(b"\n")
-            if cut < 0:  # a single line longer than a block: keep reading
-                carry = data
-                continue
-            block, carry = data[: cut + 1], data[cut + 1 :]
+                if hashing is not None:
+                    hashing.result()  # in order: one update at a time
+                hashing = pool.submit(digest.update, block)
+            if not block.endswith(b"\n"):  # the file's last line has no newline: it still counts
+                block += b"\n"
             lines = block.count(b"\n")
             yield block, first_line, lines
             first_line += lines
-    if carry:
-        yield carry + b"\n", first_line, carry.count(b"\n") + 1
+        if hashing is not None:
+            hashing.result()
 
 
 def block_lines(block: bytes, encoding: str) -> pl.DataFrame:

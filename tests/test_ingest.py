@@ -97,13 +97,15 @@ def test_a_short_line_and_a_long_one_do_not_cancel_out(workdir: Path) -> None:
 
 def test_line_numbers_are_exact_across_blocks(workdir: Path) -> None:
     path = workdir / "big.tsv"
-    body = ["1\t1\ta\t14102100\tx"] * 5000
-    body[4321] = "1\tbad\ta\t14102100\tx"
+    body = ["1\t1\ta\t14102100\tx"] * 80_000  # 1.6 MB: two blocks of 1 MB
+    body[4321] = body[64321] = "1\tbad\ta\t14102100\tx"
     path.write_text("\n".join(body))  # no newline at the end: the last line still counts
     params = tiny_params(COLUMNS, path)
     m = ingest.run(params.model_copy(update={"ingest": params.ingest.model_copy(update={"block_mb": 1})}))
-    assert m["rows_in"] == 5000 and m["rows_ok"] == 4999
-    assert pl.read_parquet(REJECTED)["line"].to_list() == [4322]
+    assert m["rows_in"] == 80_000 and m["rows_ok"] == 79_998
+    assert pl.read_parquet(REJECTED)["line"].to_list() == [4322, 64322]
+    manifest = json.loads((workdir / "data/interim/manifest.json").read_text())
+    assert manifest["files"][0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # hashed block by block
 
 
 def test_header_mismatch_stops_with_file_and_column(workdir: Path) -> None:
