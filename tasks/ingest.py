@@ -418,7 +418,9 @@ class ParquetStream:
         if self.pending is not None:
             self.pending.result()  # raises here if the last write failed
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema, compression="lz4", write_statistics=False)
+            text = [f.name for f in table.schema if pa.types.is_large_string(f.type) or pa.types.is_string(f.type)]
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="lz4", write_statistics=False,
+                                           use_dictionary=text)  # numbers rarely repeat: plain is faster
         self.pending = self.pool.submit(self.writer.write_table, table)
 
     def close(self) -> None:
