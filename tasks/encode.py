@@ -10,9 +10,10 @@ Each field's codes: 0 padding (multi-valued lists only), 1 out-of-vocabulary, 2 
 train values by descending frequency (ties in order of first appearance, so the same data always
 gives the same codes).
 
-Work is done one field at a time: the column is read from Parquet, dictionary-encoded once in Arrow
-(C++ hashing), counted with a bincount over the dictionary indices and mapped through a lookup table.
-Only int32 codes are held for the whole table, so memory stays low on large logs.
+Work is done field by field, two at a time on two threads: the column is read from Parquet,
+dictionary-encoded once in Arrow (C++ hashing), counted with a bincount over the dictionary indices and
+mapped through a lookup table. Only int32 codes are held for the whole table, so memory stays low on
+large logs.
 Outputs: data/encoded/{train,valid,test}.parquet, feature_map.json, vocab.parquet; metrics/encode.json.
 """
 

@@ -1,9 +1,10 @@
 """ingest: raw click logs -> typed rows (data/interim/rows.parquet), bad lines kept aside with a reason.
 
-Files are read in blocks of whole lines (``ingest.block_mb``), so memory stays flat on large logs. A
-block's lines are cut with one vectorised newline search and handed to Polars without a copy; every
-check (column count, numbers, label mapping, timestamps, bytes that are not UTF-8) is a column
-expression, never a Python loop over rows. A line that fails any check goes to
+Files are read in blocks of whole lines (``ingest.block_mb``), so memory stays flat on large logs. The
+common block (UTF-8, LF line ends, a one-byte separator) goes to Polars' CSV reader whole, after a shape
+check that costs two byte counts (``parse_block_fast``); other blocks are cut into lines with one
+vectorised newline search. Every check (column count, numbers, label mapping, timestamps, bytes that are
+not UTF-8) is vectorised or a column expression, never a Python loop over rows. A line that fails any check goes to
 data/interim/rejected.parquet with its file, line number, reason and raw text; metrics/ingest.json
 records ``rows_in == rows_ok + rows_rejected`` with the count per reason.
 
