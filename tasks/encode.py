@@ -149,12 +149,13 @@ def encode_field(f: Field, column: pa.ChunkedArray, train_rows: np.ndarray, min_
     if f.kind == "numeric" and f.bucketing == "quantile":
         x = column.to_numpy()
         train_x = x[train_rows]
-        train = train_x[~np.isnan(train_x)]
+        present = ~np.isnan(train_x)
+        train = train_x[present]
         qs = np.arange(1, f.buckets) / f.buckets
         cuts = np.unique(np.quantile(train, qs)).tolist() if train.size else []
         bucket = np.searchsorted(np.asarray(cuts), x, side="left")  # = number of boundaries below the value
         codes = np.where(np.isnan(x), MISSING, FIRST_CODE + bucket).astype(np.int32)
-        counts = np.bincount(bucket[train_rows][~np.isnan(train_x)], minlength=len(cuts) + 1)
+        counts = np.bincount(bucket[train_rows][present], minlength=len(cuts) + 1)
         vocab = pl.DataFrame({"token": [str(i) for i in range(len(cuts) + 1)], "count": counts.astype(np.int64),
                               "code": np.arange(FIRST_CODE, FIRST_CODE + len(cuts) + 1, dtype=np.int32)})
         return codes, vocab, cuts

@@ -221,8 +221,8 @@ def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[t
     return rows, rejected
 
 
-def parse_block_fast(block: bytes, first_line: int, columns: dict[str, ColumnSpec], sep: str,
-                     n_lines: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[str, ColumnSpec], sep: str,
+                     ) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     """The common case at full speed: a valid UTF-8 block, LF line ends, a one-byte separator.
 
     Polars' multi-threaded CSV reader parses the block as it is, numeric columns as numbers. Its shape is
@@ -240,7 +240,6 @@ def parse_block_fast(block: bytes, first_line: int, columns: dict[str, ColumnSpe
         except UnicodeDecodeError:
             return None
     n = len(columns)
-    n_lines = block.count(b"\n") if n_lines is None else n_lines  # a block always ends with a newline
     text = dict.fromkeys(columns, pl.String)
     typed = text | {c: pl.Float64 for c, s in columns.items() if s.kind == "numeric"}
     options = {"separator": sep, "has_header": False, "quote_char": None, "empty_string_is_null": False}
@@ -341,7 +340,7 @@ def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, head
                     block, first_line, header_lines, n_lines = block[eol + 1 :], first_line + 1, 1, n_lines - 1
             if not block:
                 continue
-            parsed = (parse_block_fast(block, first_line, columns, sep, n_lines) if encoding == "utf8" and not libfm
+            parsed = (parse_block_fast(block, first_line, n_lines, columns, sep) if encoding == "utf8" and not libfm
                       else None)
             if parsed is None:  # the general path: bad bytes, CR line ends, libfm, Latin-1, long separators
                 lines = block_lines(block, encoding).with_columns(
@@ -471,6 +470,7 @@ def run(params: Params) -> dict[str, Any]:
         else:  # stream straight to Parquet: a large log never sits in memory whole
             writer.write(rows.to_arrow())
     progress.close()
+    writer.close()  # with joins or sampling nothing was written: this only ends its thread pool
     rows_rejected = sum(reasons.values())
     files = [{"path": str(p), "bytes": p.stat().st_size, "sha256": checksums[str(p)]} for p in paths]
     result: dict[str, Any] = {
@@ -499,7 +499,6 @@ def run(params: Params) -> dict[str, Any]:
         rows_out = table_rows.height
         schema = table_rows.schema
     else:
-        writer.close()
         rows_out = totals["rows_ok"]
         schema = pl.read_parquet_schema(ROWS)
     result["rows_out"] = rows_out
