@@ -129,11 +129,38 @@ def field_tokens(f: Field, column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarra
         part = {"hour": ts.dt.hour(), "weekday": ts.dt.weekday(), "weekend": ts.dt.weekday() >= 6,
                 "day": ts.dt.day(), "month": ts.dt.month()}[f.derive]
         return part.cast(pl.Int64).to_arrow(), None
+    if pa.types.is_dictionary(column.type):  # read_column's text columns: already dictionary-encoded
+        return column, None
     values = column.combine_chunks()
     # Polars hands over large_string; Arrow hashes plain string (32-bit offsets) about a third faster.
     if pa.types.is_large_string(values.type) and values.nbytes < 1 << 31:
         values = values.cast(pa.string())
     return values, None
+
+
+def dictionary_indices(tokens: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """Distinct values in first-appearance order, and each token's index into them (int32, -1 = null).
+
+    Dictionary chunks (one per Parquet row group) are unified, which hashes only the chunks' dictionaries,
+    not every row, and gives the same order and indices as ``dictionary_encode`` of the plain values.
+    """
+    if isinstance(tokens, pa.ChunkedArray) and pa.types.is_dictionary(tokens.type):
+        unified = tokens.unify_dictionaries()
+        if unified.num_chunks == 0:
+            return pa.array([], tokens.type.value_type), np.empty(0, np.int32)
+        idx = np.concatenate([c.indices.fill_null(-1).to_numpy() for c in unified.chunks]).astype(np.int32, copy=False)
+        return unified.chunk(0).dictionary, idx
+    encoded = tokens.dictionary_encode()
+    return encoded.dictionary, encoded.indices.fill_null(-1).to_numpy()
+
+
+def read_column(source: str, column_type: pa.DataType) -> pa.ChunkedArray:
+    """One column of rows.parquet. Text comes straight from Parquet's dictionary pages as dictionary chunks
+    (3x faster for low-cardinality columns and a third faster for high ones than reading strings and hashing
+    every row again); everything else through Polars, whose reader is several times faster than pyarrow's."""
+    if pa.types.is_string(column_type) or pa.types.is_large_string(column_type):
+        return pq.read_table(ROWS, columns=[source], read_dictionary=[source]).column(0)
+    return pl.read_parquet(ROWS, columns=[source]).to_arrow().column(0)
 
 
 def encode_field(f: Field, column: pa.ChunkedArray, train_rows: np.ndarray, min_count: int,
@@ -161,8 +188,7 @@ def encode_field(f: Field, column: pa.ChunkedArray, train_rows: np.ndarray, min_
         return codes, vocab, cuts
 
     tokens, lengths = field_tokens(f, column)
-    encoded = tokens.dictionary_encode()
-    idx = encoded.indices.fill_null(-1).to_numpy()  # int32; -1 = missing
+    dictionary, idx = dictionary_indices(tokens)  # idx: int32 per token; -1 = missing
     # Train counts by one gather of the train rows' indices, shifted so that missing (-1) counts in slot 0.
     if lengths is None:
         train_idx = idx[train_rows]
@@ -170,7 +196,7 @@ def encode_field(f: Field, column: pa.ChunkedArray, train_rows: np.ndarray, min_
         in_train = np.zeros(len(lengths), bool)
         in_train[train_rows] = True
         train_idx = idx[np.repeat(in_train, np.maximum(lengths, 0))]
-    counts = np.bincount(train_idx + 1, minlength=len(encoded.dictionary) + 1)[1:]
+    counts = np.bincount(train_idx + 1, minlength=len(dictionary) + 1)[1:]
     # Most frequent first; ties keep first-appearance order, so the same data always gives the same codes.
     order = np.argsort(-counts, kind="stable")
     kept = order[counts[order] >= min_count]
@@ -178,7 +204,7 @@ def encode_field(f: Field, column: pa.ChunkedArray, train_rows: np.ndarray, min_
     lut[kept] = np.arange(FIRST_CODE, FIRST_CODE + len(kept), dtype=np.int32)
     lut[-1] = MISSING
     codes = lut[idx]
-    vocab = pl.DataFrame({"token": pc.cast(encoded.dictionary.take(pa.array(kept)), pa.string()),
+    vocab = pl.DataFrame({"token": pc.cast(dictionary.take(pa.array(kept)), pa.string()),
                           "count": counts[kept].astype(np.int64),
                           "code": np.arange(FIRST_CODE, FIRST_CODE + len(kept), dtype=np.int32)})
     if lengths is None:
@@ -210,6 +236,7 @@ def run(params: Params) -> dict[str, Any]:
     if not fields:
         raise StageError(f"params.yaml: dataset {params.dataset!r} has no feature columns (all label/drop)")
     rows_file = pq.ParquetFile(ROWS)
+    schema = rows_file.schema_arrow
     split = assign_splits(rows_file.metadata.num_rows, params)
     train_rows = np.flatnonzero(split == 0)  # found once: every field's vocabulary is fitted on these rows
     label = rows_file.read(columns=[LABEL]).column(LABEL).to_numpy()
@@ -219,8 +246,7 @@ def run(params: Params) -> dict[str, Any]:
     oov: dict[str, np.ndarray] = {}
 
     def encode_column(f: Field) -> tuple[np.ndarray | pa.Array, pl.DataFrame, list[float] | None, np.ndarray]:
-        # One column at a time, so memory stays low; Polars' reader is several times faster than pyarrow's here.
-        column = pl.read_parquet(ROWS, columns=[f.source]).to_arrow().column(0)
+        column = read_column(f.source, schema.field(f.source).type)  # one column at a time: memory stays low
         codes, vocab, cuts = encode_field(f, column, train_rows, params.encode.min_count)
         return codes, vocab, cuts, _oov_by_split(codes, split)
 

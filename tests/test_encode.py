@@ -75,3 +75,24 @@ def test_same_seed_same_bytes_other_seed_other_split(workdir: Path) -> None:
     assert digest() == first
     run_both(tiny_params(COLUMNS, workdir / "log.tsv", seed=2))
     assert digest()["test"] != first["test"]
+
+
+def test_dictionary_chunks_give_the_same_dictionary_and_indices_as_encoding_the_strings(tmp_path: Path) -> None:
+    """encode reads text columns as Parquet dictionary pages (one dictionary per row group) and unifies them;
+    this must equal dictionary_encode of the plain strings, or the codes of a log would depend on the reader."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    values = [None if r < 0.05 else f"v{int(r * 1000) % 97}" for r in rng.random(5000)]
+    values[:3] = ["late", None, "v1"]  # a value whose first row group sees no other copy
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"C": pa.array(values, pa.string())}), path, row_group_size=700)
+    chunks = pq.read_table(path, read_dictionary=["C"]).column(0)
+    assert chunks.num_chunks > 5 and pa.types.is_dictionary(chunks.type)
+    dictionary, idx = encode.dictionary_indices(chunks)
+    expected = pa.array(values, pa.string()).dictionary_encode()
+    assert dictionary.to_pylist() == expected.dictionary.to_pylist()
+    assert np.array_equal(idx, expected.indices.fill_null(-1).to_numpy())
+    assert idx[1] == -1 and dictionary[idx[0]].as_py() == "late"
