@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,8 +47,10 @@ def run_pipeline(dataset: str, overrides: list[str], scratch: Path) -> float:
     log(f"{dataset}: dvc repro in {scratch} (log: {scratch / 'repro.log'})")
     t0 = time.perf_counter()
     with open(scratch / "repro.log", "w") as out:
+        # The stages' commands say `python`: this interpreter's environment first on PATH, as `make run` does.
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=scratch, stdout=out,
-                              stderr=subprocess.STDOUT)
+                              stderr=subprocess.STDOUT, env=env)
     if done.returncode:
         tail = (scratch / "repro.log").read_text().splitlines()[-20:]
         raise RuntimeError(f"{dataset}: dvc repro failed ({done.returncode}):\n" + "\n".join(tail))
