@@ -194,6 +194,7 @@ class IPNNIF(AIM):
     """IPNN whose product layer holds a searched interaction × function set instead of all inner products."""
 
     def __init__(self, fields: Sequence[FieldSpec], function_wise: bool = False, gates: str = "none",
-                 dropout: float = 0.3, batch_norm: bool = False, **kwargs) -> None:
+                 dropout: float = 0.3, batch_norm: bool = True, **kwargs) -> None:
+        # Batch norm on, as IPNN's (aim/models/pnn.py says why).
         super().__init__(fields, function_wise=function_wise, gates=gates, head="stacked", dropout=dropout,
                          batch_norm=batch_norm, **kwargs)

@@ -2,7 +2,10 @@
 
 The product layer's two halves, ``l_z`` (linear in the embeddings) and ``l_p`` (linear in the pairwise inner
 products), are together one linear map of ``[e_1; ...; e_n; <e_i, e_j>_{i<j}]``: the MLP's first layer.
-Defaults are those of the BARS benchmark's best IPNN on Frappe_x1 (FuxiCTR ``PNN_frappe_x1_020``).
+Defaults are those of the BARS benchmark's best IPNN on Frappe_x1 (FuxiCTR ``PNN_frappe_x1_020``) except batch
+norm, on here: with FuxiCTR's embedding L2 (0.05 over the whole table, under Adam) the embeddings shrink towards zero
+and, without batch norm to rescale them, the MLP sees almost nothing. Measured on our Frappe 7:2:1 split: test AUC
+0.9431 without batch norm, 0.9835 with it (BARS 0.9841).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class IPNN(CTRModel):
         fields: Sequence[FieldSpec],
         hidden_units: Sequence[int] = (400, 400, 400),
         dropout: float = 0.3,
-        batch_norm: bool = False,
+        batch_norm: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(fields, **kwargs)
