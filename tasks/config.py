@@ -295,9 +295,9 @@ class RetrainConfig(TrainOverridable):
     """retrain: the selected interactions x functions x dimensions, gates as attention weights, plus an MLP."""
 
     hidden_units: list[Annotated[int, Field(ge=1)]] = [400, 400, 400]
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3
     batch_norm: bool = True
-    embedding_l2: Annotated[float, Field(ge=0)] = 0.001
+    embedding_l2: Annotated[float, Field(ge=0)] = 0.05
 
 
 class BaselinesConfig(Strict):
