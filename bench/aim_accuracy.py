@@ -57,17 +57,15 @@ def run_pipeline(dataset: str, overrides: list[str], scratch: Path) -> float:
     return time.perf_counter() - t0
 
 
+def split_prefix(item: str) -> tuple[str | None, str]:
+    """``"movielens_100k:search.grda.c=0.1"`` -> ``("movielens_100k", "search.grda.c=0.1")``; no prefix -> None."""
+    prefix, sep, rest = item.partition(":")
+    return (prefix, rest) if sep and "=" not in prefix else (None, item)
+
+
 def overrides_for(dataset: str, overrides: list[str]) -> list[str]:
     """The ``KEY=VALUE`` overrides that apply to ``dataset``: unprefixed ones and those prefixed ``dataset:``."""
-    mine = []
-    for item in overrides:
-        prefix, sep, rest = item.partition(":")
-        if sep and "=" not in prefix:  # "movielens_100k:search.grda.c=0.1"
-            if prefix == dataset:
-                mine.append(rest)
-        else:
-            mine.append(item)
-    return mine
+    return [rest for prefix, rest in map(split_prefix, overrides) if prefix in (None, dataset)]
 
 
 def targets(models: list[dict[str, Any]]) -> dict[str, Any]:
@@ -116,7 +114,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the scratch clones")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
-    prefixes = {o.partition(":")[0] for o in args.overrides if ":" in o.partition("=")[0]}
+    prefixes = {prefix for prefix, _ in map(split_prefix, args.overrides)} - {None}
     if prefixes - set(args.datasets):
         sys.exit(f"--set names datasets not run here: {sorted(prefixes - set(args.datasets))}")
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
