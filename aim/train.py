@@ -4,14 +4,17 @@ The loop knows nothing of files or trackers. ``tasks/`` passes callbacks that lo
 checkpoints; ``Trainer.state_dict()`` holds everything a stopped run needs to go on exactly where it
 stopped (weights, optimizer, best weights so far, patience counters, history). Each epoch's shuffle and
 dropout are seeded from ``(seed, epoch)``, so a resumed run ends where an uninterrupted one ends.
+A trainer also stops MKL from changing its thread count at run time (``fix_mkl_threads``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -21,6 +24,24 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
 from aim.data import CTRData
+
+
+def fix_mkl_threads() -> bool:
+    """Turn MKL's dynamic thread count off (``mkl_set_dynamic(0)``, as ``MKL_DYNAMIC=FALSE`` does).
+
+    With it on, MKL may run a product on fewer threads than it has when it sees fit, and a product split
+    over one thread and over two sums in another order: the last digits differ, and training amplifies
+    them (one thread gives other gates than two on the same config here). Intel names a fixed thread count
+    with MKL_DYNAMIC and OMP_DYNAMIC false as the condition for run-to-run reproducible results. Returns
+    whether MKL was found (builds without it, e.g. on ARM, have nothing to fix).
+    """
+    library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"  # it links MKL statically, and exports it
+    try:
+        mkl = ctypes.CDLL(str(library)).MKL_Set_Dynamic  # the C entry (mkl_set_dynamic is Fortran's, by pointer)
+    except (OSError, AttributeError):
+        return False
+    mkl(ctypes.c_int(0))
+    return True
 
 
 @dataclass
@@ -127,6 +148,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> None:
         self.config = config
+        fix_mkl_threads()
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.callbacks = list(callbacks)

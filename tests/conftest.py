@@ -52,10 +52,17 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def sh(cmd: list[str], cwd: Path, check: bool = True) -> str:
-    """Run a command as a user would (the venv's tools first on PATH, no telemetry); stdout + stderr."""
+# Two runs of the tiny project that are compared with each other train on one thread each. CPU training is
+# bit-for-bit reproducible only at a fixed thread count (aim.train.fix_mkl_threads keeps MKL from changing
+# its own); one thread takes that off the table for the comparison at no cost (69 s against 65 s here).
+PINNED_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def sh(cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> str:
+    """Run a command as a user would (the venv's tools first on PATH, no telemetry); stdout + stderr.
+    ``env`` adds to the environment."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
-               GX_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+               GX_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", **(env or {}))
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and done.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -114,7 +121,7 @@ def read_gates(repo: Path) -> dict[str, str]:
 def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Reproduced:
     """One `dvc repro` of a tiny project per test session, shared by the pipeline and the flow tests."""
     repo = tiny_project(tmp_path_factory.mktemp("reproduced"))
-    output = sh(["dvc", "repro"], repo)
+    output = sh(["dvc", "repro"], repo, env=PINNED_THREADS)  # compared with the flow's run (test_flows.py)
     return Reproduced(repo, output, (repo / "dvc.lock").read_text(), (repo / "metrics/evaluate.json").read_text(),
                       read_gates(repo))
 

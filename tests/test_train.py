@@ -103,6 +103,21 @@ def test_early_stopping_keeps_the_best_weights(planted) -> None:
     assert result.history[-1].lr == pytest.approx(max(0.02 * 0.1**without_gain, 1e-6))  # decayed on each
 
 
+def test_a_trainer_turns_mkls_dynamic_thread_count_off(planted) -> None:
+    import ctypes
+
+    from aim.train import fix_mkl_threads
+
+    library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+    if not hasattr(library, "mkl_serv_get_dynamic"):
+        pytest.skip("this torch build has no MKL")
+    library.MKL_Set_Dynamic(ctypes.c_int(1))  # as every process starts (MKL_DYNAMIC unset)
+    assert library.mkl_serv_get_dynamic() == 1
+    fields, _ = planted
+    Trainer(build_model("fm", fields, embedding_dim=4), TrainConfig(epochs=1))
+    assert library.mkl_serv_get_dynamic() == 0 and fix_mkl_threads()
+
+
 def test_bf16_autocast_trains(planted) -> None:
     fields, data = planted
     torch.manual_seed(0)
