@@ -73,10 +73,13 @@ def test_fm_sum_square_equals_explicit_sum_over_pairs() -> None:
 
 @pytest.mark.parametrize("function", ["inner", "outer", "vector_kernel", "scalar_kernel"])
 @pytest.mark.parametrize("order", [2, 3])
-def test_interaction_functions_match_their_definitions(function: str, order: int) -> None:
+@pytest.mark.parametrize("few", [False, True])  # every interaction, or two (fewer than the fields; some unused)
+def test_interaction_functions_match_their_definitions(function: str, order: int, few: bool) -> None:
     torch.manual_seed(0)
     embedded = torch.randn(4, 5, 3, dtype=torch.float64)
     index = pair_index(5) if order == 2 else combination_index(5, 3)
+    if few:  # field 1 (pairs) or field 3 (triples) takes no part
+        index = torch.tensor([[0, 2], [3, 4]]) if order == 2 else torch.tensor([[0, 1, 2], [0, 2, 4]])
     layer = Interaction(index, function, 3).double()
     with torch.no_grad():
         for p in layer.parameters():

@@ -69,13 +69,16 @@ class Interaction(nn.Module):
             self.kernel = nn.Parameter(torch.randn(m, p, dim) / dim**0.5)
             # Each field's projections as one small matmul: slot (k, s) is column `slot` of field index[k, s].
             # Count how many slots each field has, and give each slot its rank within its field.
-            flat = index.flatten().to(torch.int64)
+            # Only the fields that take part get projected: a retrained model's few interactions touch a few of
+            # the fields, and projecting all of them was most of its outer layer's time.
+            used, flat = torch.unique(index.flatten().to(torch.int64), sorted=True, return_inverse=True)
             order = torch.argsort(flat, stable=True)
-            counts = torch.bincount(flat, minlength=int(flat.max()) + 1)
+            counts = torch.bincount(flat, minlength=len(used))
             starts = torch.cumsum(counts, 0) - counts
             rank = torch.empty_like(flat)
             rank[order] = torch.arange(len(flat)) - starts[flat[order]]
-            self.register_buffer("slot_field", flat, persistent=False)
+            self.register_buffer("used_fields", used, persistent=False)
+            self.register_buffer("slot_field", flat, persistent=False)  # the slot's field, among used_fields
             self.register_buffer("slot_rank", rank, persistent=False)
             self.slots_per_field = int(counts.max())
 
@@ -84,10 +87,12 @@ class Interaction(nn.Module):
         return self.index.shape[0]
 
     def forward(self, embedded: Tensor) -> Tensor:
-        if self.index.shape[1] == 2 and self.function in ("inner", "scalar_kernel"):
-            # Inner products of all pairs at once as a batched matmul (E E^T), then pick the pairs:
-            # several times faster than gathering two [B, m, d] operands when m is large.
-            n = embedded.shape[1]
+        n = embedded.shape[1]
+        if self.index.shape[1] == 2 and self.function in ("inner", "scalar_kernel") and self.num_interactions >= n:
+            # Inner products of all pairs at once as a batched matmul (E E^T), then pick the pairs: several
+            # times faster than gathering two [B, m, d] operands when m is large (a search's every pair). With
+            # fewer pairs than fields (a retrained model's few) the n^2 products are mostly waste: 20x slower
+            # than the gather at 4 pairs of 40 fields, even at 40 (bench.aim_overhead, inference).
             gram = torch.bmm(embedded, embedded.transpose(1, 2)).flatten(1)
             scores = gram.index_select(1, self.index[:, 0] * n + self.index[:, 1])
             return scores * self.kernel if self.function == "scalar_kernel" else scores
@@ -95,21 +100,25 @@ class Interaction(nn.Module):
             return self._outer(embedded)
         products = elementwise_products(embedded, self.index)
         if self.function == "vector_kernel":
-            return torch.einsum("bmd,md->bm", products, self.kernel)
+            return (products * self.kernel).sum(-1)
         scores = products.sum(-1)
         return scores * self.kernel if self.function == "scalar_kernel" else scores
 
     def _outer(self, embedded: Tensor) -> Tensor:
         """prod_s <w_ks, e_{index[k, s]}>, without gathering a [B, m, p, d] copy of the embeddings.
 
-        The m*p projection vectors are placed in a [n, slots, d] array by field, so every field's projections
-        are one batched matmul, [n, B, d] @ [n, d, slots]; that is several times faster on CPU than the gather.
+        The m*p projection vectors are placed in a [u, slots, d] array by field (the u fields that take part),
+        so every field's projections are one batched matmul, [u, B, d] @ [u, d, slots]; that is several times
+        faster on CPU than the gather.
         """
         batch, n, d = embedded.shape
         m, p = self.index.shape
-        weights = embedded.new_zeros(n, self.slots_per_field, d)
+        u = len(self.used_fields)
+        if u < n:
+            embedded = embedded.index_select(1, self.used_fields)
+        weights = embedded.new_zeros(u, self.slots_per_field, d)
         weights = weights.index_put((self.slot_field, self.slot_rank), self.kernel.reshape(m * p, d))
-        projections = torch.bmm(embedded.transpose(0, 1), weights.transpose(1, 2))  # [n, B, slots]
-        projections = projections.permute(1, 0, 2).reshape(batch, n * self.slots_per_field)
+        projections = torch.bmm(embedded.transpose(0, 1), weights.transpose(1, 2))  # [u, B, slots]
+        projections = projections.permute(1, 0, 2).reshape(batch, u * self.slots_per_field)
         picked = projections.index_select(1, self.slot_field * self.slots_per_field + self.slot_rank)
         return picked.view(batch, m, p).prod(-1)

@@ -147,9 +147,11 @@ class AIM(CTRModel):
         self.penalty = 0.0
         full: dict[str, Tensor] = {}
         compact = []
+        index = None  # the pruned tables share their fields and kept positions, so where they read too
         for name, table in self.tables.items():
             if isinstance(table, PrunedFieldEmbedding):
-                c, e = table(batch)
+                index = table.lookup_index(batch) if index is None else index
+                c, e = table(batch, index)
             else:
                 e = table(batch)
                 if self.dim_gates is not None:
