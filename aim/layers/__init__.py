@@ -1,6 +1,7 @@
 """Shared layers: embeddings, interaction functions, MLP, attention. Models are built from these."""
 
 from aim.layers.attention import AttentionNet, MultiHeadSelfAttention
+from aim.layers.dropout import Dropout, dropout_mask
 from aim.layers.embedding import FieldEmbedding, FieldLinear, NumericEmbedding, PrunedFieldEmbedding, masked_mean
 from aim.layers.interaction import (
     FUNCTIONS,
@@ -17,6 +18,7 @@ __all__ = [
     "FUNCTIONS",
     "MLP",
     "AttentionNet",
+    "Dropout",
     "FieldEmbedding",
     "FieldLinear",
     "Interaction",
@@ -25,6 +27,7 @@ __all__ = [
     "NumericEmbedding",
     "PrunedFieldEmbedding",
     "combination_index",
+    "dropout_mask",
     "elementwise_products",
     "gather_fields",
     "masked_mean",

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from aim.layers.dropout import Dropout
+
 
 class MLP(nn.Module):
     """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer, then a linear output (if ``out_dim``)."""
@@ -26,7 +28,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(width))
             layers.append(nn.ReLU())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             in_dim = width
         if out_dim is not None:
             layers.append(nn.Linear(in_dim, out_dim))

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import PADDING, CTRData, FieldSpec
-from aim.layers import AttentionNet, FieldLinear, elementwise_products, pair_index
+from aim.layers import AttentionNet, Dropout, FieldLinear, elementwise_products, pair_index
 from aim.models.base import CTRModel, register
 
 
@@ -73,7 +73,7 @@ class AFM(CTRModel):
         self.attention = AttentionNet(self.embedding_dim, attention_dim)
         # p starts at all ones: AFM with p ≡ 1 and uniform attention is FM scaled by 1/m (notes, after eq. 3).
         self.projection = nn.Parameter(torch.ones(self.embedding_dim))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.register_buffer("pairs", pair_index(self.num_fields), persistent=False)
 
     def attention_weights(self, batch: CTRData, products: Tensor) -> Tensor:

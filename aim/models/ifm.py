@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import MLP, AttentionNet, FieldLinear, elementwise_products, pair_index
+from aim.layers import MLP, AttentionNet, Dropout, FieldLinear, elementwise_products, pair_index
 from aim.models.afm import masked_softmax, pair_mask, present_fields
 from aim.models.base import CTRModel, register
 
@@ -63,7 +63,7 @@ class InteractionAwareModel(CTRModel):
         # three small random factors would start the interaction term on a flat saddle at zero.
         self.field_embedding = nn.Parameter(1.0 + 0.1 * torch.randn(self.num_fields, field_factors))  # U
         self.factor_matrix = nn.Parameter((1.0 + 0.1 * torch.randn(field_factors, self.embedding_dim)) / field_factors)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.register_buffer("pairs", pair_index(self.num_fields), persistent=False)
         self.sample_size = 0  # set by the models that have a sampling variant
         self.sample_inference: SampleInference = "all"

@@ -1,0 +1,52 @@
+"""Dropout whose CPU mask costs a quarter of the random numbers.
+
+On CPU, ``nn.Dropout`` draws one Bernoulli sample per element (``aten::bernoulli_``): 11 ms for a [4096, 400]
+activation on 2 cores, 37 % of a DeepFM training step (torch profiler, Frappe shapes), more than all three
+hidden-layer matmuls' forward pass. Here one 64-bit random word gives four 16-bit uniforms, each compared with
+``p`` quantised to 1/65536 (p = 0.2 becomes 0.199997), and the kept entries are scaled by the exact inverse of
+the quantised keep rate, so the expectation is preserved exactly. Same torch generator, so ``torch.manual_seed``
+makes it reproducible. On other devices it is ``F.dropout`` (CUDA's is fused and cheap).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_LEVELS = 1 << 16  # resolution of the drop probability
+
+
+def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype = torch.float32,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """A CPU tensor of ``shape``: 0 with probability ``round(p·65536)/65536``, else ``1 / keep rate``."""
+    drop = round(p * _LEVELS)
+    if not 0 <= drop < _LEVELS:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    n = 1
+    for size in shape:
+        n *= size
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, generator=generator)
+    uniform = words.view(torch.int16)[:n].view(shape)  # each in [-32768, 32767], uniform
+    keep = uniform >= drop - (_LEVELS >> 1)
+    return keep.to(dtype).mul_(_LEVELS / (_LEVELS - drop))
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout(p)`` with the cheaper CPU mask above; identity in eval mode or when ``p`` is 0."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return x * dropout_mask(x.shape, self.p, x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
