@@ -10,6 +10,8 @@ makes it reproducible. On other devices it is ``F.dropout`` (CUDA's is fused and
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,16 +19,19 @@ from torch import Tensor, nn
 _LEVELS = 1 << 16  # resolution of the drop probability
 
 
-def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype = torch.float32,
-                 generator: torch.Generator | None = None) -> Tensor:
-    """A CPU tensor of ``shape``: 0 with probability ``round(p·65536)/65536``, else ``1 / keep rate``."""
+def _drop_level(p: float) -> int:
+    """``p`` quantised to a count of the 65536 levels; refuses what is not a probability in [0, 1)."""
     drop = round(p * _LEVELS)
-    if not 0 <= drop < _LEVELS:
+    if not (0 <= p < 1 and drop < _LEVELS):
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    n = 1
-    for size in shape:
-        n *= size
-    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, generator=generator)
+    return drop
+
+
+def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A CPU tensor of ``shape``: 0 with probability ``round(p·65536)/65536``, else ``1 / keep rate``."""
+    drop = _drop_level(p)
+    n = math.prod(shape)
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64)
     uniform = words.view(torch.int16)[:n].view(shape)  # each in [-32768, 32767], uniform
     keep = uniform >= drop - (_LEVELS >> 1)
     return keep.to(dtype).mul_(_LEVELS / (_LEVELS - drop))
@@ -37,8 +42,7 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        _drop_level(p)  # fail at construction, not at the first training step
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
