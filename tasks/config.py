@@ -168,7 +168,7 @@ class GenerateConfig(Strict):
 
 
 class IngestConfig(Strict):
-    block_mb: Annotated[int, Field(ge=1, le=4096)] = 64
+    block_mb: Annotated[int, Field(ge=1, le=4096)] = 16
 
 
 class SplitConfig(Strict):

@@ -117,12 +117,13 @@ def field_tokens(f: Field, column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarra
         lengths = pc.list_value_length(lists).fill_null(-1).to_numpy()
         return pc.list_flatten(lists), lengths
     if f.kind == "numeric" and f.bucketing != "quantile":
-        x = pl.from_arrow(column)
-        assert isinstance(x, pl.Series)
+        x = pl.col(f.name)
         if f.bucketing == "criteo_log":  # floor(ln(x)^2) for x > 2, else the integer itself (the cast truncates)
-            x = pl.select(pl.when(x > 2).then((x.log() ** 2).floor()).otherwise(x)).to_series()
-        # One Polars expression (about 40x faster than the same rule in numpy); NaN and inf are missing.
-        return x.cast(pl.Int64, strict=False).to_arrow(), None
+            x = pl.when(x > 2).then(x.log().pow(2).floor()).otherwise(x)
+        # One Polars expression over a frame, not eager Series steps: about 5x faster than numpy's log and
+        # 2x faster than the same steps on a Series. NaN and inf are missing.
+        frame = pl.DataFrame({f.name: pl.from_arrow(column)})
+        return frame.select(x.cast(pl.Int64, strict=False)).to_series().to_arrow(), None
     if f.derive:
         ts = pl.from_arrow(column)
         assert isinstance(ts, pl.Series)
@@ -267,7 +268,9 @@ def run(params: Params) -> dict[str, Any]:
     stats: dict[str, dict[str, Any]] = {}
     for split_id, name in enumerate(SPLITS):
         part = codes_table.filter(pl.Series(split == split_id))  # each split keeps the log's row order
-        part.write_parquet(split_path(name), compression="lz4")  # zstd (the default) writes a third slower
+        # zstd (the default) writes a third slower; column statistics cost another third and no reader here
+        # filters on them.
+        part.write_parquet(split_path(name), compression="lz4", statistics=False)
         stats[name] = {"rows": part.height, "positives": int(part[LABEL].sum()),
                        "oov": {k: int(v[split_id]) for k, v in oov.items()}}
 

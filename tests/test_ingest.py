@@ -95,6 +95,17 @@ def test_a_short_line_and_a_long_one_do_not_cancel_out(workdir: Path) -> None:
     assert pl.read_parquet(ROWS)["I1"].to_list() == [3.0, 6.0]
 
 
+def test_count_byte_equals_bytes_count_across_slice_boundaries() -> None:
+    """The fast path's shape check rests on exact separator and newline counts."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, ingest._COUNT_SLICE - 1, ingest._COUNT_SLICE, 3 * ingest._COUNT_SLICE + 17):
+        block = rng.choice(np.frombuffer(b"a\t\n", np.uint8), size).tobytes()
+        assert ingest.count_byte(block, 9) == block.count(b"\t")
+        assert ingest.count_byte(block, 10) == block.count(b"\n")
+
+
 def test_line_numbers_are_exact_across_blocks(workdir: Path) -> None:
     path = workdir / "big.tsv"
     body = ["1\t1\ta\t14102100\tx"] * 80_000  # 1.6 MB: two blocks of 1 MB
