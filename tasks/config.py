@@ -248,11 +248,16 @@ class TrainOverridable(Strict):
 
 
 class GRDASection(Strict):
-    """GRDA for the gates: l1(t) = c * sqrt(lr) * (lr * t)^mu; larger c or mu prune more."""
+    """GRDA for the gates: l1(t) = c * sqrt(lr) * (lr * t)^mu; larger c or mu prune more.
+
+    ``reference_steps``: the search length (steps) that ``c`` was chosen for. A search of T steps then uses
+    c * (reference_steps / T)^mu, so that it ends at the same threshold on a small log as on a large one.
+    """
 
     lr: Annotated[float, Field(gt=0)] = 0.1
     c: Annotated[float, Field(ge=0)] = 0.05
     mu: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    reference_steps: Annotated[int, Field(ge=1)] | None = None  # None: c as it is (aim.search.length_scaled_c)
 
 
 InteractionFunctionName = Literal["inner", "outer", "vector_kernel", "scalar_kernel"]

@@ -19,7 +19,7 @@ from tasks import tracking
 from tasks.common import GATES, METRICS, read_json, stage_main, write_json
 from tasks.config import Params
 from tasks.search_interaction import from_records
-from tasks.training import load_encoded, train_and_test, train_config
+from tasks.training import load_encoded, search_grda_c, train_and_test, train_config
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -32,13 +32,14 @@ def run(params: Params) -> dict[str, Any]:
     tables = len(gates["functions"]) if gates["mode"] == "fis_ifs" else 1
     summary: dict[str, Any] = {}
     if section.enabled and interactions:
+        config = train_config(params, section.train, "search_embed.train")
+        grda_c = search_grda_c(section.grda, config, len(splits["train"]), "search_embed")
         torch.manual_seed(params.seed)
         net = build_model(
             "aim", fields, interactions=interactions, function_wise=gates["mode"] == "fis_ifs", search_dims=True,
             hidden_units=(), embedding_dim=d, embedding_l2=section.embedding_l2, dim_gate_init=section.dim_gate_init,
-            grda_lr=section.grda.lr, grda_c=section.grda.c, grda_mu=section.grda.mu,
+            grda_lr=section.grda.lr, grda_c=grda_c, grda_mu=section.grda.mu,
         )
-        config = train_config(params, section.train, "search_embed.train")
         run_config = tracking.run_config(config, search_embed=section, mode=gates["mode"], embedding_dim=d,
                                          interactions=len(interactions))
         with tracking.tracked("search_embed", "search_embed", params, run_config) as tracker:

@@ -23,7 +23,7 @@ from aim.search import Interaction, all_pairs, combine, kept, top_k
 from tasks import tracking
 from tasks.common import GATES, METRICS, stage_main, write_json
 from tasks.config import Params, SearchConfig
-from tasks.training import load_encoded, save_predictions, train_and_test, train_config
+from tasks.training import load_encoded, save_predictions, search_grda_c, train_and_test, train_config
 
 
 def to_records(interactions: list[Interaction], names: list[str]) -> list[dict[str, Any]]:
@@ -58,6 +58,7 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
     k = section.top_k or max(n // 2, 1)
     functions = section.searched_functions
     config = train_config(params, section.train, f"{name}.train")
+    grda_c = search_grda_c(section.grda, config, len(splits["train"]), name)
     selected: list[Interaction] = []
     orders: dict[str, Any] = {}
     timings: dict[str, dict[str, float]] = {}
@@ -71,7 +72,7 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
         net = build_model(
             "aim", fields, interactions=selected, candidates=candidates, function_wise=section.mode == "fis_ifs",
             hidden_units=(), embedding_dim=section.embedding_dim, embedding_l2=section.embedding_l2,
-            grda_lr=section.grda.lr, grda_c=section.grda.c, grda_mu=section.grda.mu,
+            grda_lr=section.grda.lr, grda_c=grda_c, grda_mu=section.grda.mu,
         )
         print(f"{name}: order {order}: {len(candidates):,} candidates "
               f"({len({c.fields for c in candidates}):,} field sets x {len(functions)} functions), "

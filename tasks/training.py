@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 
 from aim.data import CTRData, FieldSpec, from_arrow
 from aim.models import CTRModel
+from aim.search import length_scaled_c
 from aim.train import EpochRecord, TrainConfig, Trainer, metrics, predict
 from tasks.common import (
     FEATURE_MAP,
@@ -30,7 +32,7 @@ from tasks.common import (
     read_json,
     split_path,
 )
-from tasks.config import Params, overlay
+from tasks.config import GRDASection, Params, overlay
 from tasks.tracking import Tracker, TrackerCallback
 
 MODELS_DIR = Path("models")
@@ -66,6 +68,17 @@ def train_config(params: Params, overrides: dict[str, Any] | None = None, where:
     """``params.train`` (with ``overrides`` on top, checked like the rest) as the loop's TrainConfig."""
     section = overlay(params.train, overrides, where) if overrides else params.train
     return TrainConfig(**section.model_dump(), seed=params.seed, progress=progress_enabled())
+
+
+def search_grda_c(grda: GRDASection, config: TrainConfig, train_rows: int, name: str) -> float:
+    """The GRDA ``c`` of a search that trains ``config.epochs`` epochs over ``train_rows`` rows: ``grda.c``
+    scaled to the search's length when ``grda.reference_steps`` is set (aim.search.length_scaled_c)."""
+    steps = config.epochs * math.ceil(train_rows / config.batch_size)
+    c = length_scaled_c(grda.c, grda.mu, steps, grda.reference_steps)
+    if grda.reference_steps is not None:
+        print(f"{name}: GRDA c {grda.c:g} x ({grda.reference_steps:,} reference steps / {steps:,} steps)^{grda.mu:g}"
+              f" = {c:.4g}")
+    return c
 
 
 def fingerprint(*parts: Any) -> str:

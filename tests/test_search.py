@@ -66,6 +66,28 @@ def test_grda_rejects_bad_settings():
         GRDA([torch.nn.Parameter(torch.zeros(1))], mu=1.5)
 
 
+def test_length_scaled_c_ends_every_search_at_the_reference_threshold():
+    from aim.search import length_scaled_c
+    from aim.train import TrainConfig
+    from tasks.config import GRDASection
+    from tasks.training import search_grda_c
+
+    lr, c, mu, ref = 0.1, 0.05, 0.9, 1584
+    final = c * lr**0.5 * (lr * ref) ** mu  # where the reference search's threshold ends
+    for steps in (160, 625, 1584, 350_000):
+        scaled = length_scaled_c(c, mu, steps, ref)
+        assert math.isclose(scaled * lr**0.5 * (lr * steps) ** mu, final, rel_tol=1e-12)
+    assert length_scaled_c(c, mu, 625, ref) > c > length_scaled_c(c, mu, 5000, ref)  # a short search prunes harder
+    assert length_scaled_c(c, mu, 625, None) == c
+    with pytest.raises(ValueError, match="step"):
+        length_scaled_c(c, mu, 0, ref)
+    # The stage counts steps as epochs x batches, the last batch partial: 8 x ceil(80,000 / 1,024) = 632.
+    config = TrainConfig(epochs=8, batch_size=1024)
+    grda = GRDASection(c=c, mu=mu, reference_steps=ref)
+    assert search_grda_c(grda, config, 80_000, "t") == length_scaled_c(c, mu, 632, ref)
+    assert search_grda_c(GRDASection(c=c, mu=mu), config, 80_000, "t") == c
+
+
 def test_candidate_pools_follow_algorithm_1():
     assert [it.fields for it in all_pairs(4)] == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
     assert len(all_pairs(5, ["inner", "outer"])) == 20

@@ -21,6 +21,20 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 
+def length_scaled_c(c: float, mu: float, steps: int, reference_steps: int | None) -> float:
+    """``c`` for a search of ``steps`` steps, given that ``c`` was chosen for one of ``reference_steps``.
+
+    The threshold at the last step, ``c * sqrt(lr) * (lr * T)**mu``, grows with the search's length T, so one
+    ``c`` prunes less on a small log (few steps) than on a large one. ``c * (reference / T)**mu`` makes every
+    search end at the threshold the reference search ends at, whatever the log's size. None: no scaling.
+    """
+    if reference_steps is None:
+        return c
+    if steps < 1:
+        raise ValueError(f"GRDA: a search needs at least one step, got {steps}")
+    return c * (reference_steps / steps) ** mu
+
+
 class GRDA(Optimizer):
     """``GRDA(params, lr=0.01, c=0.005, mu=0.7)``; ``c`` and ``mu`` trade accuracy for sparsity (larger: sparser)."""
 
