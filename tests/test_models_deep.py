@@ -213,3 +213,20 @@ def test_xdeepfm_without_mlp_and_with_batch_norm() -> None:
     assert torch.isfinite(lr_cin(make_batch())).all()
     with pytest.raises(ValueError, match="at least one CIN layer"):
         build("xdeepfm", cin_layer_units=[])
+
+
+def test_the_logit_layer_stays_float32_under_bf16_autocast() -> None:
+    """A bf16 logit has 8 mantissa bits: test rows would tie and AUC would pay. The hidden layers may run in
+    bf16; the layer that makes the logit must not."""
+    from aim.layers import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(16, [32], out_dim=1)
+    x = torch.randn(256, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = mlp.net[:-1](x)
+        logit = mlp(x)
+    assert hidden.dtype == torch.bfloat16 and logit.dtype == torch.float32
+    expected = F.linear(hidden.float(), mlp.net[-1].weight, mlp.net[-1].bias)
+    assert torch.equal(logit, expected)
+    assert logit.unique().numel() == 256  # no ties from rounding: a bf16 logit would tie many of these rows

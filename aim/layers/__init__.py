@@ -12,11 +12,12 @@ from aim.layers.interaction import (
     gather_fields,
     pair_index,
 )
-from aim.layers.mlp import MLP
+from aim.layers.mlp import MLP, FP32Linear
 
 __all__ = [
     "FUNCTIONS",
     "MLP",
+    "FP32Linear",
     "AttentionNet",
     "Dropout",
     "FieldEmbedding",

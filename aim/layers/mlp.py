@@ -4,9 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aim.layers.dropout import Dropout
+
+
+class FP32Linear(nn.Linear):
+    """A linear layer that stays in float32 under autocast: for the layer that makes the logit.
+
+    Under bf16 autocast a plain Linear returns a bf16 logit, 8 bits of mantissa: logits between 4 and 8 fall
+    on a grid of 1/32, so many test rows tie, and AUC and the loss's gradient both pay for it. This layer
+    is a [B, h] x [h, 1] product, so float32 costs nothing here.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight, self.bias)
 
 
 class MLP(nn.Module):
@@ -31,7 +46,7 @@ class MLP(nn.Module):
                 layers.append(Dropout(dropout))
             in_dim = width
         if out_dim is not None:
-            layers.append(nn.Linear(in_dim, out_dim))
+            layers.append(FP32Linear(in_dim, out_dim))
         self.net = nn.Sequential(*layers)
         self.out_dim = out_dim if out_dim is not None else in_dim
 

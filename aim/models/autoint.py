@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import MLP, MultiHeadSelfAttention
+from aim.layers import MLP, FP32Linear, MultiHeadSelfAttention
 from aim.models.base import CTRModel, register
 
 
@@ -81,7 +81,7 @@ class AutoInt(CTRModel):
             )
         )
         width = attention_dim if attention_layers else self.embedding_dim
-        self.output = nn.Linear(self.num_fields * width, 1)
+        self.output = FP32Linear(self.num_fields * width, 1)
 
     def interact(self, embedded: Tensor) -> Tensor:
         """The logit of the attention part: [B, n, d] -> [B]."""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import MLP, FieldLinear
+from aim.layers import MLP, FieldLinear, FP32Linear
 from aim.models.base import CTRModel, register
 
 
@@ -63,7 +63,7 @@ class XDeepFM(CTRModel):
             raise ValueError("xDeepFM needs at least one CIN layer (cin_layer_units is empty)")
         self.linear = FieldLinear(fields)
         self.cin = CIN(self.num_fields, cin_layer_units)
-        self.cin_out = nn.Linear(self.cin.out_dim, 1)
+        self.cin_out = FP32Linear(self.cin.out_dim, 1)
         in_dim = self.num_fields * self.embedding_dim
         self.mlp = MLP(in_dim, hidden_units, dropout=dropout, batch_norm=batch_norm) if hidden_units else None
 
