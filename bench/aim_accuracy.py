@@ -8,7 +8,9 @@ For each dataset preset of params.yaml:
 1. Clones this repository's HEAD (``git clone --local``) into a scratch directory beside it, so that the
    presets' ``../shared/data`` paths resolve as they do here, and nothing in this checkout changes.
 2. Sets ``dataset=<name>`` plus any ``--set`` overrides (DVC's ``-S`` syntax, checked by the config schema;
-   ``--set movielens_100k:search.grda.c=0.1`` applies to that dataset only) and runs ``dvc repro``: every
+   ``--set movielens_100k:search.grda.c=0.2`` applies to that dataset only, as the preset's own override
+   ``datasets.movielens_100k.overrides.search.grda.c``; a preset's overrides in params.yaml, such as
+   ml-100k's ``c`` 0.1, win over unprefixed ones) and runs ``dvc repro``: every
    stage, from ingest to evaluate, exactly as a user runs it. Its log goes to ``<scratch>/repro.log``.
 3. Reads ``metrics/evaluate.json`` and ``metrics/retrain.json`` and reports the issue's targets:
    AIM (retrain) test AUC above every baseline and above AutoFIS; at most 30 % of the 2nd-order pairs kept;
@@ -64,8 +66,11 @@ def split_prefix(item: str) -> tuple[str | None, str]:
 
 
 def overrides_for(dataset: str, overrides: list[str]) -> list[str]:
-    """The ``KEY=VALUE`` overrides that apply to ``dataset``: unprefixed ones and those prefixed ``dataset:``."""
-    return [rest for prefix, rest in map(split_prefix, overrides) if prefix in (None, dataset)]
+    """The ``KEY=VALUE`` overrides that apply to ``dataset``: unprefixed ones as they are, and those prefixed
+    ``dataset:`` as the preset's own overrides (``datasets.<dataset>.overrides.KEY``), which win over both the
+    top-level sections and what the preset already overrides."""
+    return [rest if prefix is None else f"datasets.{dataset}.overrides.{rest}"
+            for prefix, rest in map(split_prefix, overrides) if prefix in (None, dataset)]
 
 
 def targets(models: list[dict[str, Any]]) -> dict[str, Any]:

@@ -123,6 +123,9 @@ class DatasetSpec(Strict):
     columns: dict[str, ColumnSpec]
     joins: list[JoinSpec] = []
     implicit: ImplicitSpec | None = None
+    # This preset's own settings over the top-level sections, nested as they are (e.g. search: {grda: {c: 0.1}});
+    # applied when the preset is the chosen dataset (parse_params).
+    overrides: dict[str, Any] = {}
 
     _expand = field_validator("columns", mode="before")(_expand_columns)
 
@@ -385,15 +388,50 @@ def _format_error(err: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
+def _deep_merge(base: Any, over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base) if isinstance(base, dict) else {}
+    for key, value in over.items():
+        out[key] = _deep_merge(out.get(key), value) if isinstance(value, dict) else value
+    return out
+
+
+def apply_dataset_overrides(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``raw`` with the chosen preset's ``overrides`` merged over the top-level sections they name.
+
+    A preset's overrides win over the sections: a preset carries what its data needs (ml-100k's GRDA ``c``), and
+    ``datasets.<name>.overrides.<key>`` is where to change them, also with ``dvc exp run -S``."""
+    spec = (raw.get("datasets") or {}).get(raw.get("dataset"))
+    overrides = spec.get("overrides") if isinstance(spec, dict) else None
+    if not overrides:
+        return raw
+    where = f"datasets.{raw['dataset']}.overrides"
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: {where}: expected a mapping of sections, got {type(overrides).__name__}")
+    bad = sorted(set(overrides) - (KNOWN_TOP_LEVEL - {"dataset", "datasets", "generate"}))
+    if bad:
+        raise ConfigError(f"{path}: {where}.{bad[0]}: not a section a preset can override "
+                          f"(one of: {sorted(KNOWN_TOP_LEVEL - {'dataset', 'datasets', 'generate'})})")
+    merged = dict(raw)
+    for section, value in overrides.items():
+        merged[section] = _deep_merge(raw.get(section), value) if isinstance(value, dict) else value
+    return merged
+
+
 def parse_params(raw: dict[str, Any], path: Path | str = PARAMS_FILE) -> Params:
-    """Validate an already-loaded params mapping; errors name ``path`` and the offending key."""
+    """Validate an already-loaded params mapping; errors name ``path`` and the offending key (the chosen
+    preset's ``overrides`` applied first)."""
     path = Path(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    merged = apply_dataset_overrides(raw, path)
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, path)) from None
+        message = _format_error(err, path)
+        if merged is not raw:
+            message += (f"\n  (sections {sorted(raw['datasets'][raw['dataset']]['overrides'])} include "
+                        f"datasets.{raw['dataset']}.overrides)")
+        raise ConfigError(message) from None
 
 
 def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:

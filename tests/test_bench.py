@@ -5,8 +5,9 @@ from bench.aim_accuracy import overrides_for, targets
 
 def test_a_dataset_prefixed_override_applies_to_that_dataset_only() -> None:
     given = ["train.lr=0.01", "movielens_100k:search.grda.c=0.1", "frappe:retrain.dropout=0.3"]
-    assert overrides_for("movielens_100k", given) == ["train.lr=0.01", "search.grda.c=0.1"]
-    assert overrides_for("frappe", given) == ["train.lr=0.01", "retrain.dropout=0.3"]
+    assert overrides_for("movielens_100k", given) == ["train.lr=0.01",
+                                                      "datasets.movielens_100k.overrides.search.grda.c=0.1"]
+    assert overrides_for("frappe", given) == ["train.lr=0.01", "datasets.frappe.overrides.retrain.dropout=0.3"]
     assert overrides_for("criteo", given) == ["train.lr=0.01"]
 
 

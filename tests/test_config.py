@@ -61,3 +61,33 @@ def test_column_kind_checked() -> None:
 def test_overrides_like_dvc_set_param(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, MINIMAL), overrides={"encode.min_count": 5})
     assert params.encode.min_count == 5
+
+
+def test_a_preset_overrides_the_sections_only_when_it_is_the_chosen_dataset(tmp_path: Path) -> None:
+    import copy
+
+    raw = copy.deepcopy(MINIMAL)
+    raw["datasets"]["t"]["overrides"] = {"search": {"grda": {"c": 0.1}}, "train": {"lr": 0.5}}
+    raw["datasets"]["u"] = {**MINIMAL["datasets"]["t"]}
+    raw["search"] = {"grda": {"mu": 0.8}, "max_order": 2}
+    chosen = parse_params(raw)
+    assert chosen.search.grda.c == 0.1 and chosen.search.grda.mu == 0.8  # merged, not replaced
+    assert chosen.search.max_order == 2 and chosen.train.lr == 0.5
+    other = parse_params({**raw, "dataset": "u"})
+    assert other.search.grda.c == 0.05 and other.train.lr != 0.5
+    # `dvc exp run -S datasets.t.overrides.search.grda.c=0.2` edits the preset's own value
+    path = write(tmp_path, raw)
+    assert load_params(path, {"datasets.t.overrides.search.grda.c": 0.2}).search.grda.c == 0.2
+    assert load_params(ROOT / "params.yaml", {"dataset": "movielens_100k"}).search.grda.c == 0.1
+
+
+def test_a_bad_preset_override_is_named(tmp_path: Path) -> None:
+    import copy
+
+    raw = copy.deepcopy(MINIMAL)
+    raw["datasets"]["t"]["overrides"] = {"serach": {"grda": {"c": 0.1}}}
+    with pytest.raises(ConfigError, match=r"datasets\.t\.overrides\.serach: not a section"):
+        parse_params(raw)
+    raw["datasets"]["t"]["overrides"] = {"search": {"grda": {"cc": 0.1}}}
+    with pytest.raises(ConfigError, match=r"(?s)search\.grda\.cc: unknown key.*datasets\.t\.overrides"):
+        parse_params(raw)
