@@ -30,9 +30,8 @@ from typing import Any
 
 import torch
 
-from aim.models import build_model
-from aim.train import TrainConfig, Trainer, evaluate
-from bench.frappe_accuracy import CONFIGS
+from aim.train import Trainer, evaluate
+from bench.frappe_accuracy import frappe_run, known_models
 from bench.train_throughput import build_frappe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,10 +71,7 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=100)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/bf16_accuracy.json")
     args = ap.parse_args()
-    models = args.models.split(",")
-    unknown = [m for m in models if m not in CONFIGS]
-    if unknown:
-        sys.exit(f"no Frappe config for {unknown}; known: {sorted(CONFIGS)}")
+    models = known_models(args.models)
     setup = {"command": "python -m bench.bf16_accuracy " + " ".join(sys.argv[1:]),
              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                         f"torch {torch.__version__}",
@@ -85,13 +81,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fields, data = build_frappe(Path(tmp))
         for name in models:
-            hparams, train, _ = CONFIGS[name]
             for seed in range(args.seeds):
                 for precision in PRECISIONS:
-                    torch.manual_seed(seed)
-                    model = build_model(name, fields, embedding_dim=10, **hparams)
-                    config = TrainConfig(**{"epochs": args.max_epochs, "batch_size": 4096, "lr": 1e-3, "seed": seed,
-                                            **train, "precision": precision})
+                    model, config = frappe_run(name, fields, seed, args.max_epochs, precision)
                     start = time.perf_counter()
                     result = Trainer(model, config).fit(data["train"], data["valid"])
                     scores = evaluate(model, data["test"], precision=precision)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from aim.models import build_model
+from aim.models import CTRModel, build_model
 from aim.train import TrainConfig, Trainer, evaluate
 from bench.train_throughput import SEED, build_frappe
 
@@ -58,16 +58,34 @@ CONFIGS: dict[str, tuple[dict, dict, str]] = {
 }
 
 
+def known_models(names: str) -> list[str]:
+    """``--models a,b`` as a list; stops with the known names if one has no Frappe config."""
+    models = names.split(",")
+    unknown = [m for m in models if m not in CONFIGS]
+    if unknown:
+        sys.exit(f"no Frappe config for {unknown}; known: {sorted(CONFIGS)}")
+    return models
+
+
+def frappe_run(name: str, fields: list, seed: int, max_epochs: int, precision: str = "fp32",
+               ) -> tuple[CTRModel, TrainConfig]:
+    """Model ``name`` built with its Frappe config (seeded), and the training settings of every Frappe bench:
+    embedding 10, batch 4096, Adam lr 1e-3 unless the config says otherwise, early stopping up to ``max_epochs``."""
+    hparams, train, _ = CONFIGS[name]
+    torch.manual_seed(seed)
+    model = build_model(name, fields, embedding_dim=10, **hparams)
+    config = TrainConfig(**{"epochs": max_epochs, "batch_size": 4096, "lr": 1e-3, "seed": seed, **train,
+                            "precision": precision})
+    return model, config
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(CONFIGS))
     ap.add_argument("--max-epochs", type=int, default=100)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/frappe_accuracy.json")
     args = ap.parse_args()
-    models = args.models.split(",")
-    unknown = [m for m in models if m not in CONFIGS]
-    if unknown:
-        sys.exit(f"no Frappe config for {unknown}; known: {sorted(CONFIGS)}")
+    models = known_models(args.models)
 
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["setup"] = {
@@ -82,10 +100,7 @@ def main() -> None:
         fields, data = build_frappe(Path(tmp))
         for name in models:
             hparams, train, note = CONFIGS[name]
-            torch.manual_seed(SEED)
-            model = build_model(name, fields, embedding_dim=10, **hparams)
-            config = TrainConfig(**{"epochs": args.max_epochs, "batch_size": 4096, "lr": 1e-3, "seed": SEED,
-                                    **train})
+            model, config = frappe_run(name, fields, SEED, args.max_epochs)
             start = time.perf_counter()
             result = Trainer(model, config).fit(data["train"], data["valid"])
             scores = evaluate(model, data["test"])

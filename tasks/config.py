@@ -388,6 +388,9 @@ def _format_error(err: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
+PRESET_OVERRIDABLE = KNOWN_TOP_LEVEL - {"dataset", "datasets", "generate"}  # sections a preset may override
+
+
 def _deep_merge(base: Any, over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base) if isinstance(base, dict) else {}
     for key, value in over.items():
@@ -407,14 +410,11 @@ def apply_dataset_overrides(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     where = f"datasets.{raw['dataset']}.overrides"
     if not isinstance(overrides, dict):
         raise ConfigError(f"{path}: {where}: expected a mapping of sections, got {type(overrides).__name__}")
-    bad = sorted(set(overrides) - (KNOWN_TOP_LEVEL - {"dataset", "datasets", "generate"}))
+    bad = sorted(set(overrides) - PRESET_OVERRIDABLE)
     if bad:
         raise ConfigError(f"{path}: {where}.{bad[0]}: not a section a preset can override "
-                          f"(one of: {sorted(KNOWN_TOP_LEVEL - {'dataset', 'datasets', 'generate'})})")
-    merged = dict(raw)
-    for section, value in overrides.items():
-        merged[section] = _deep_merge(raw.get(section), value) if isinstance(value, dict) else value
-    return merged
+                          f"(one of: {sorted(PRESET_OVERRIDABLE)})")
+    return _deep_merge(raw, overrides)
 
 
 def parse_params(raw: dict[str, Any], path: Path | str = PARAMS_FILE) -> Params:

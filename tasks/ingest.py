@@ -48,6 +48,11 @@ REJECTED_SCHEMA = {"file": pl.String, "line": pl.Int64, "reason": pl.String, "de
                    "raw": pl.String}
 
 
+def no_rejections() -> pl.DataFrame:
+    """An empty table of rejected lines, before the file column is added."""
+    return pl.DataFrame(schema=REJECTED_SCHEMA).drop("file")
+
+
 # ----------------------------------------------------------------------------------------------- reading
 _COUNT_SLICE = 1 << 18  # bytes compared at a time: the comparison's output stays in cache
 
@@ -236,10 +241,10 @@ def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[t
     typed = df.select(pl.col("_line"), *outputs, reason.alias("_reason"))
     bad = typed["_reason"].is_not_null()
     if not bad.any():
-        return typed.drop("_reason"), pl.DataFrame(schema=REJECTED_SCHEMA).drop("file")
+        return typed.drop("_reason"), no_rejections()
     detail = pl.coalesce([none] + [pl.when(cond).then(d) for cond, _, d in checks])
     rejected = df.filter(bad).select(pl.col("_line").alias("line"), reason.alias("reason"),
-                                     detail.alias("detail"), raw.cast(pl.String).alias("raw"))
+                                     detail.alias("detail"), raw.alias("raw"))
     return typed.filter(~bad).drop("_reason"), rejected
 
 
@@ -280,7 +285,7 @@ def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[
         return out
 
     df = None
-    shape_rejected = pl.DataFrame(schema=REJECTED_SCHEMA).drop("file")
+    shape_rejected = no_rejections()
     line_numbers = np.arange(first_line, first_line + n_lines, dtype=np.int64)
     if count_byte(block, ord(sep)) == n_lines * (n - 1):
         try:
