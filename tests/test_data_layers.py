@@ -98,6 +98,19 @@ def test_interaction_functions_match_their_definitions(function: str, order: int
         torch.testing.assert_close(scores[:, m], expected)
 
 
+@pytest.mark.parametrize("function", ["outer", "vector_kernel"])
+def test_interaction_gradients_match_autograd_of_the_definition(function: str) -> None:
+    """Every pair takes the vector kernel's hand-written backward (and outer's strided products): check both."""
+    torch.manual_seed(0)
+    layer = Interaction(pair_index(6), function, 4).double()
+    assert layer.all_pairs_of == 6
+    assert Interaction(pair_index(6)[1:], function, 4).all_pairs_of is None  # not every pair: the gather form
+    embedded = torch.randn(3, 6, 4, dtype=torch.float64, requires_grad=True)
+    kernel = layer.kernel.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda e, k: torch.func.functional_call(layer, {"kernel": k}, (e,)),
+                                    (embedded, kernel))
+
+
 def test_pair_index_is_every_pair_once() -> None:
     assert pair_index(4).tolist() == [list(p) for p in itertools.combinations(range(4), 2)]
     assert combination_index(5, 3).shape == (10, 3)
