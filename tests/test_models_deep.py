@@ -112,6 +112,23 @@ def test_brief_example_and_hyperparameters() -> None:
         build_model("deepfm", FIELDS, cin_layer_units=[4])
 
 
+def test_mlp_in_eval_folds_batch_norm_into_the_linear_layers() -> None:
+    from aim.layers import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(6, [8, 5], dropout=0.2, batch_norm=True).double()
+    for _ in range(3):  # running statistics and BN affine parameters away from their initial 0/1
+        mlp(torch.randn(64, 6, dtype=torch.float64) * 3 + 1)
+    with torch.no_grad():
+        for m in mlp.net:
+            if isinstance(m, nn.BatchNorm1d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.uniform_(-1.0, 1.0)
+    mlp.eval()
+    x = torch.randn(16, 6, dtype=torch.float64)
+    torch.testing.assert_close(mlp(x), mlp.net(x))  # folded forward == the layers one by one
+
+
 def test_deepfm_without_its_mlp_is_the_fm() -> None:
     model = build("deepfm", **SMALL["deepfm"])
     last = model.mlp.net[-1]

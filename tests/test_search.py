@@ -136,6 +136,38 @@ def test_pruned_embedding_keeps_the_searched_positions_and_really_has_fewer_para
         PrunedFieldEmbedding(FIELDS, 4, [[2, 0], [], [], []])
 
 
+def test_pruned_embedding_builds_full_vectors_only_for_the_fields_asked():
+    kept_dims = [[0, 2, 3], [1], [0, 1, 2, 3], []]
+    every = PrunedFieldEmbedding(FIELDS, 4, kept_dims)
+    some = PrunedFieldEmbedding(FIELDS, 4, kept_dims, full_fields=[1, 2])
+    some.load_state_dict(every.state_dict())
+    batch = _batch()
+    (compact_all, full_all), (compact, full) = every(batch), some(batch)
+    torch.testing.assert_close(compact, compact_all)
+    torch.testing.assert_close(full, full_all[:, [1, 2]])
+    with pytest.raises(ValueError, match="full_fields"):
+        PrunedFieldEmbedding(FIELDS, 4, kept_dims, full_fields=[4])
+
+
+def test_retrained_aim_reads_the_same_interactions_from_its_smaller_full_tables():
+    """Interactions touching fields 1 and 2 only: the layers index rows of the 2 used fields, not positions of 4."""
+    kept_dims = [[0, 2, 3], [1, 3], [0, 1, 2, 3], []]
+    chosen = [Interaction((1, 2), fn, 0.5) for fn in ("inner", "outer", "vector_kernel")]
+    torch.manual_seed(0)
+    net = build_model("aim", FIELDS, interactions=chosen, kept_dims=kept_dims, hidden_units=(), embedding_dim=4)
+    assert all(layer.index.tolist() == [[0, 1]] for layer in net.layers)
+    net.eval()
+    batch = _batch()
+    full, _ = net.embed_tables(batch)
+    every = PrunedFieldEmbedding(FIELDS, 4, kept_dims)
+    for name, table in net.tables.items():
+        every.load_state_dict(table.state_dict())
+        expected = every(batch)[1][:, [1, 2]]
+        torch.testing.assert_close(full[name], expected)
+    scores = net.interaction_scores(full)
+    torch.testing.assert_close(scores[:, 0], (full["inner"][:, 0] * full["inner"][:, 1]).sum(-1))
+
+
 def test_pruned_embedding_gradients_are_the_same_on_every_run():
     """Two backward passes of one batch give bit-identical gradients (CPU, several threads): the same config
     must give the same model. Indexing the flat table with ``weight[index]`` did not (index_put_ accumulates

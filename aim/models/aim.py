@@ -86,9 +86,13 @@ class AIM(CTRModel):
         functions = list(dict.fromkeys(e.function for e in (*self.fixed, *self.candidates))) or ["inner"]
         table_names = functions if function_wise else ["shared"]
         self.embedding = None  # CTRModel's single table is replaced by the tables below
+        # Pruned tables give the interactions [B, u, d] for the u fields that take part (a retrained model's few
+        # interactions touch a few fields); the layers then index those u rows.
+        used = sorted({f for e in (*self.fixed, *self.candidates) for f in e.fields})
+        row_of = {f: r for r, f in enumerate(used)} if kept_dims is not None else {f: f for f in range(n)}
         self.tables = nn.ModuleDict({
             name: FieldEmbedding(self.fields, d)
-            if kept_dims is None else PrunedFieldEmbedding(self.fields, d, kept_dims)
+            if kept_dims is None else PrunedFieldEmbedding(self.fields, d, kept_dims, full_fields=used)
             for name in table_names
         })
         self.table_of = {fn: (fn if function_wise else "shared") for fn in functions}
@@ -96,7 +100,7 @@ class AIM(CTRModel):
 
         self.linear = FieldLinear(self.fields) if head == "parallel" else None
         self.layers = nn.ModuleList(
-            InteractionLayer(torch.tensor([e.fields for e in members]), fn, d)
+            InteractionLayer(torch.tensor([[row_of[f] for f in e.fields] for e in members]), fn, d)
             for _, fn, members in (*fixed_groups, *search_groups)
         )
         self.layer_functions = [fn for _, fn, _ in (*fixed_groups, *search_groups)]
