@@ -57,8 +57,8 @@ class _AllPairsVectorKernel(torch.autograd.Function):
     ``by_field`` [n, B, d], ``kernel`` [m, d] -> [m, B]. Pair (i, j) for all j > i reads ``by_field[i + 1:]``, a
     slice, so nothing is gathered; each step's temporaries are [n-1-i, B, d], small enough to stay in cache; and
     only the inputs are saved for the backward, which is written out by hand. The autograd of the gather form
-    keeps three [m, B, d] tensors and streams about sixteen of them through memory per step: 2.2x slower at a
-    search batch of 1024 and 40 fields, 4.3x at 4096 (a one-off timing, forward + backward).
+    keeps three [m, B, d] tensors and streams about sixteen of them through memory per step: 1.7-2.5x slower at a
+    search batch of 1024 and 40 fields (three one-off timings), 4.3x at 4096 (one), forward + backward.
     """
 
     @staticmethod

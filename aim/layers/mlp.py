@@ -50,10 +50,11 @@ class MLP(nn.Module):
         if out_dim is not None:
             layers.append(FP32Linear(in_dim, out_dim))
         self.net = nn.Sequential(*layers)
+        self.batch_norm = batch_norm
         self.out_dim = out_dim if out_dim is not None else in_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training or not any(isinstance(m, nn.BatchNorm1d) for m in self.net):
+        if self.training or not self.batch_norm:
             return self.net(x)
         # Eval: each BatchNorm is an affine map with its running statistics, folded into the Linear before it
         # (a [width, in] rescale per call, cheap), which saves a pass over every [B, width] activation.
