@@ -8,6 +8,7 @@ import torch
 
 from aim.data import CTRData, FieldSpec, concat, from_arrow
 from aim.layers import FieldEmbedding, Interaction, NumericEmbedding, combination_index, masked_mean, pair_index
+from aim.layers.embedding import lookup
 from aim.models.fm import fm_pairwise
 
 FIELDS = (FieldSpec("a", 6), FieldSpec("tags", 9, max_length=3, multi_valued=True), FieldSpec("b", 5))
@@ -43,6 +44,26 @@ def test_batches_are_views_and_shuffle_is_a_seeded_permutation() -> None:
     again = torch.cat([b.label for b in data.batches(2, shuffle=True, generator=torch.Generator().manual_seed(1))])
     assert torch.equal(first, again) and sorted(first.tolist()) == sorted(data.label.tolist())
     assert len(concat([data, data])) == 8
+
+
+@pytest.mark.parametrize("width", [1, 10, 40])
+def test_lookup_gradients_equal_embeddings_and_are_the_same_on_every_run(width: int) -> None:
+    """The index_add backward of ``lookup`` gives F.embedding's gradients, bit for bit, run after run (CPU, the
+    threads this machine has): each table row sums its gradients in the order the indices come."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(300, width, generator=gen, requires_grad=True)
+    index = torch.randint(0, 300, (4096, 7), generator=gen)  # ~100 gradients per row, summed in some order
+    upstream = torch.randn(4096, 7, width, generator=gen)
+    grads = []
+    for _ in range(3):
+        weight.grad = None
+        (lookup(weight, index) * upstream).sum().backward()
+        grads.append(weight.grad.clone())
+    weight.grad = None
+    (torch.nn.functional.embedding(index, weight) * upstream).sum().backward()
+    assert all(torch.equal(g, weight.grad) for g in grads)
+    with torch.no_grad():  # no graph: the plain gather
+        assert torch.equal(lookup(weight, index), weight[index])
 
 
 def test_multi_hot_pooling_ignores_padding_and_empty_rows_give_zero() -> None:

@@ -114,24 +114,26 @@ def _batch(n: int = 32) -> CTRData:
 
 def test_pruned_embedding_keeps_the_searched_positions_and_really_has_fewer_parameters():
     kept_dims = [[0, 2, 3], [1], [0, 1, 2, 3], []]
-    pruned = PrunedFieldEmbedding(FIELDS, 4, kept_dims)
-    assert pruned.weight.numel() == 7 * 3 + 5 * 1 + 6 * 4 + 0
-    # Build the full table that the pruned one stands for: the kept positions filled, the rest zero.
-    full = FieldEmbedding(FIELDS, 4)
-    with torch.no_grad():
-        full.weight.zero_()
-        offset, row = 0, 0
-        for f, positions in zip(FIELDS, kept_dims, strict=True):
-            block = pruned.weight[offset: offset + f.vocab_size * len(positions)].view(f.vocab_size, len(positions))
-            full.weight[row: row + f.vocab_size, positions] = block
-            offset += f.vocab_size * len(positions)
-            row += f.vocab_size
+    pruned = PrunedFieldEmbedding(FIELDS, 4, kept_dims, tables=2)  # two tables, as AIM's function-wise ones
+    assert pruned.weight.numel() == 2 * (7 * 3 + 5 * 1 + 6 * 4 + 0)
     batch = _batch()
     compact, expanded = pruned(batch)
-    torch.testing.assert_close(expanded, full(batch))
-    assert compact.shape == (32, 3 + 1 + 4)
-    torch.testing.assert_close(compact[:, :3], expanded[:, 0, [0, 2, 3]])
-    assert expanded[:, 3].abs().sum() == 0  # a field that kept nothing is zeros
+    assert compact.shape == (2, 32, 3 + 1 + 4) and expanded.shape == (2, 32, 4, 4)
+    for t in range(2):
+        # Build the full table that pruned table t stands for: the kept positions filled, the rest zero.
+        full = FieldEmbedding(FIELDS, 4)
+        with torch.no_grad():
+            full.weight.zero_()
+            offset, row = 0, 0
+            for f, positions in zip(FIELDS, kept_dims, strict=True):
+                rows = pruned.weight[offset: offset + f.vocab_size * len(positions), t]
+                full.weight[row: row + f.vocab_size, positions] = rows.view(f.vocab_size, len(positions))
+                offset += f.vocab_size * len(positions)
+                row += f.vocab_size
+        torch.testing.assert_close(expanded[t], full(batch))
+        torch.testing.assert_close(compact[t, :, :3], expanded[t, :, 0, [0, 2, 3]])
+        assert expanded[t, :, 3].abs().sum() == 0  # a field that kept nothing is zeros
+    assert not torch.equal(expanded[0], expanded[1])  # independent tables
     with pytest.raises(ValueError, match="increasing"):
         PrunedFieldEmbedding(FIELDS, 4, [[2, 0], [], [], []])
 
@@ -144,7 +146,7 @@ def test_pruned_embedding_builds_full_vectors_only_for_the_fields_asked():
     batch = _batch()
     (compact_all, full_all), (compact, full) = every(batch), some(batch)
     torch.testing.assert_close(compact, compact_all)
-    torch.testing.assert_close(full, full_all[:, [1, 2]])
+    torch.testing.assert_close(full, full_all[:, :, [1, 2]])
     with pytest.raises(ValueError, match="full_fields"):
         PrunedFieldEmbedding(FIELDS, 4, kept_dims, full_fields=[4])
 
@@ -159,11 +161,10 @@ def test_retrained_aim_reads_the_same_interactions_from_its_smaller_full_tables(
     net.eval()
     batch = _batch()
     full, _ = net.embed_tables(batch)
-    every = PrunedFieldEmbedding(FIELDS, 4, kept_dims)
-    for name, table in net.tables.items():
-        every.load_state_dict(table.state_dict())
-        expected = every(batch)[1][:, [1, 2]]
-        torch.testing.assert_close(full[name], expected)
+    every = PrunedFieldEmbedding(FIELDS, 4, kept_dims, tables=3)
+    every.load_state_dict(net.tables.state_dict())
+    for t, name in enumerate(net.table_names):
+        torch.testing.assert_close(full[name], every(batch)[1][t, :, [1, 2]])
     scores = net.interaction_scores(full)
     torch.testing.assert_close(scores[:, 0], (full["inner"][:, 0] * full["inner"][:, 1]).sum(-1))
 
@@ -172,7 +173,7 @@ def test_pruned_embedding_gradients_are_the_same_on_every_run():
     """Two backward passes of one batch give bit-identical gradients (CPU, several threads): the same config
     must give the same model. Indexing the flat table with ``weight[index]`` did not (index_put_ accumulates
     in a thread-dependent order)."""
-    pruned = PrunedFieldEmbedding(FIELDS, 4, [[0, 2, 3], [1], [0, 1, 2, 3], [0, 1, 2, 3]])
+    pruned = PrunedFieldEmbedding(FIELDS, 4, [[0, 2, 3], [1], [0, 1, 2, 3], [0, 1, 2, 3]], tables=2)
     batch = _batch(20_000)  # many rows per table row: the gradient sums that could come out in any order
     grads = []
     for _ in range(3):
@@ -189,7 +190,7 @@ def test_search_model_gives_gates_to_grda_and_the_rest_to_adam():
     adam, grda = net.optimizers(1e-3)
     assert isinstance(grda, GRDA) and grda.param_groups[0]["params"] == [net.alpha_search]
     assert all(p is not net.alpha_search for p in adam.param_groups[0]["params"])
-    assert set(net.tables) == {"inner", "outer"}  # function-wise embeddings
+    assert net.table_names == ["inner", "outer"]  # function-wise embeddings
     net(_batch()).sum().backward()
     assert net.alpha.grad is not None and net.alpha_search.grad is not None
     assert [it.gate for it in net.fixed_gates()] == [pytest.approx(0.7)]

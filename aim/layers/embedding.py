@@ -16,9 +16,44 @@ from torch import Tensor, nn
 from aim.data import PADDING, CTRData, FieldSpec
 
 
+class _RowLookup(torch.autograd.Function):
+    """``weight[index]`` by rows, whose backward sums the gradients with one ``index_add_``.
+
+    ``F.embedding``'s CPU backward sorts the indices first: 2-3 ms for a search batch's 41k lookups of 10
+    numbers, and as much for 1 number, where ``index_add_`` takes 1.4 and 0.14 ms (bench note in the README).
+    Both add a row's gradients in the order the indices come, so they give the same numbers, run after run
+    (``index_add_`` on CPU loops over the indices in order; tests/test_data_layers.py checks both).
+    """
+
+    @staticmethod
+    def forward(ctx, index: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = weight.shape[0]
+        return F.embedding(index, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
+        (index,) = ctx.saved_tensors
+        width = grad.shape[-1]
+        grad_weight = grad.new_zeros(ctx.rows, width)
+        return None, grad_weight.index_add_(0, index.reshape(-1), grad.reshape(-1, width))
+
+
+def lookup(weight: Tensor, index: Tensor) -> Tensor:
+    """The rows ``weight[index]`` ([*index.shape, dim]); on CPU with the faster backward of ``_RowLookup``.
+
+    Not ``weight[index]``: advanced indexing's backward (``index_put_`` with accumulate) sums a row's
+    gradients in a thread-dependent order on CPU, so two runs of one config drifted apart (1e-5 in test
+    probabilities). On a GPU, ``index_add_`` uses atomics (an order that changes), so ``F.embedding`` stays there.
+    """
+    if weight.device.type == "cpu" and weight.requires_grad and torch.is_grad_enabled():
+        return _RowLookup.apply(index, weight)
+    return F.embedding(index, weight)
+
+
 def masked_mean(vectors: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``vectors`` [B, L, d] over the positions where ``mask`` [B, L] is true; zero where none is."""
-    mask = mask.to(vectors.dtype).unsqueeze(-1)
+    """Mean of ``vectors`` [B, L, ...] over the positions where ``mask`` [B, L] is true; zero where none is."""
+    mask = mask.to(vectors.dtype).view(*mask.shape, *([1] * (vectors.dim() - 2)))
     return (vectors * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
@@ -43,9 +78,9 @@ class FieldEmbedding(nn.Module):
         self.register_buffer("field_order", None if identity else inverse, persistent=False)
 
     def forward(self, batch: CTRData) -> Tensor:
-        parts = [F.embedding(batch.single + self.single_offsets, self.weight)]
+        parts = [lookup(self.weight, batch.single + self.single_offsets)]
         for j, codes in enumerate(batch.multi):
-            vectors = F.embedding(codes + self.multi_offsets[j], self.weight)
+            vectors = lookup(self.weight, codes + self.multi_offsets[j])
             parts.append(masked_mean(vectors, codes != PADDING).unsqueeze(1))
         embedded = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         if self.field_order is not None:
@@ -82,23 +117,27 @@ class PrunedFieldEmbedding(nn.Module):
     """Field embeddings with a size of their own per field: the Map of the AIM paper's eq. 18.
 
     ``kept[i]`` lists the dimension positions (of ``dim``) that field i keeps after the embedding-dimension
-    search. Field i's table really has ``len(kept[i])`` columns: all tables live in one flat parameter,
-    ``sum_i vocab_i * d_i`` numbers, so the parameter count drops. ``forward`` gives
+    search. Field i's table really has ``len(kept[i])`` columns: all tables live in one parameter of
+    ``sum_i vocab_i * d_i`` rows, so the parameter count drops. ``tables`` T > 1 gives T independent tables of
+    the same fields and sizes (AIM's function-wise embeddings) as the T columns of that parameter, so that all
+    of them cost one gather and one backward. ``forward`` gives
 
-    * ``compact`` [B, sum_i d_i]: the kept numbers of every field, side by side (what an MLP takes), and
-    * ``full`` [B, len(full_fields), dim]: each of ``full_fields``' numbers (default: every field) scattered back
-      to their kept positions, zeros elsewhere, for the interaction functions that need equal sizes (no
+    * ``compact`` [T, B, sum_i d_i]: the kept numbers of every field, side by side (what an MLP takes), and
+    * ``full`` [T, B, len(full_fields), dim]: each of ``full_fields``' numbers (default: every field) scattered
+      back to their kept positions, zeros elsewhere, for the interaction functions that need equal sizes (no
       parameters added). A retrained model's few interactions use a few fields: building ``full`` for all of
       them was 15 ms of a 20k-row inference batch per table, most of the model's time.
 
-    Both come from one gather: ``flat[row_base_f + code * d_f + slot]``; multi-valued fields mean-pool their
-    codes as in ``FieldEmbedding``.
+    Both come from one gather of rows ``weight[row_base_f + code * d_f + slot]``; multi-valued fields mean-pool
+    their codes as in ``FieldEmbedding``.
     """
 
     def __init__(self, fields: Sequence[FieldSpec], dim: int, kept: Sequence[Sequence[int]],
-                 init_std: float = 1e-4, full_fields: Sequence[int] | None = None) -> None:
+                 init_std: float = 1e-4, full_fields: Sequence[int] | None = None, tables: int = 1) -> None:
         super().__init__()
-        self.fields, self.dim = tuple(fields), dim
+        self.fields, self.dim, self.tables = tuple(fields), dim, tables
+        if tables < 1:
+            raise ValueError(f"tables must be >= 1, got {tables}")
         if len(kept) != len(self.fields):
             raise ValueError(f"kept has {len(kept)} entries for {len(self.fields)} fields")
         for f, positions in zip(self.fields, kept, strict=True):
@@ -109,7 +148,7 @@ class PrunedFieldEmbedding(nn.Module):
         sizes = torch.tensor([len(p) for p in self.kept], dtype=torch.int64)
         vocab = torch.tensor([f.vocab_size for f in self.fields], dtype=torch.int64)
         table_size = vocab * sizes
-        self.weight = nn.Parameter(torch.empty(int(table_size.sum())))
+        self.weight = nn.Parameter(torch.empty(int(table_size.sum()), tables))
         nn.init.normal_(self.weight, std=init_std)
         # Column s of `compact` is slot slot_of[s] of field field_of[s].
         field_of = torch.repeat_interleave(torch.arange(len(self.fields)), sizes)
@@ -153,14 +192,10 @@ class PrunedFieldEmbedding(nn.Module):
         self.register_buffer("column_base", base[field_of], persistent=False)
         self.register_buffer("column_size", sizes[field_of], persistent=False)
 
-    def _lookup(self, index: Tensor) -> Tensor:
-        """``self.weight[index]`` (the flat table read at every index), with a deterministic backward."""
-        return F.embedding(index, self.weight.unsqueeze(1)).squeeze(-1)
 
     def lookup_index(self, batch: CTRData) -> tuple[Tensor, list[Tensor]]:
-        """Where in the flat table each number of ``compact`` is read: [B, sum d] for the single-valued fields,
-        and [B, L, d_i] per multi-valued field. It depends on the fields and kept positions only, so tables of
-        the same fields and sizes (AIM's function-wise tables) share one: ``forward(batch, index)``."""
+        """The row of ``weight`` behind each number of ``compact``: [B, sum d] for the single-valued fields, and
+        [B, L, d_i] per multi-valued field."""
         starts = batch.single.to(torch.int64) * self.single_size + self.single_base  # [B, single fields]
         if self.num_multi:
             starts = torch.cat([starts, starts.new_zeros(starts.shape[0], 1)], 1)
@@ -172,18 +207,15 @@ class PrunedFieldEmbedding(nn.Module):
             multi.append(self.column_base[cols] + codes * self.column_size[cols] + self.slot_of[cols])
         return single, multi
 
-    def forward(self, batch: CTRData, index: tuple[Tensor, list[Tensor]] | None = None) -> tuple[Tensor, Tensor]:
-        single, multi = self.lookup_index(batch) if index is None else index
-        # F.embedding, not self.weight[index]: the backward of advanced indexing (index_put_ with accumulate)
-        # sums a number's gradients in a thread-dependent order on CPU, so two runs of one config drifted
-        # apart (1e-5 in test probabilities); embedding's backward is deterministic.
-        compact = self._lookup(single)  # multi-valued columns are filled below
+    def forward(self, batch: CTRData) -> tuple[Tensor, Tensor]:
+        single, multi = self.lookup_index(batch)
+        compact = lookup(self.weight, single)  # [B, sum d, T]; multi-valued columns are filled below
         for j, idx in enumerate(multi):
             cols = getattr(self, f"multi_columns_{j}")
             if len(cols) == 0:  # the field kept no dimension
                 continue
-            pooled = masked_mean(self._lookup(idx), batch.multi[j] != PADDING)
+            pooled = masked_mean(lookup(self.weight, idx), batch.multi[j] != PADDING)
             compact = compact.index_copy(1, cols, pooled)
-        padded = torch.cat([compact, compact.new_zeros(compact.shape[0], 1)], 1)
-        full = padded.index_select(1, self.scatter).view(-1, len(self.full_fields), self.dim)
-        return compact, full
+        padded = torch.cat([compact, compact.new_zeros(compact.shape[0], 1, self.tables)], 1)
+        full = padded.index_select(1, self.scatter).permute(2, 0, 1)  # [T, B, u * dim], one copy below if T > 1
+        return compact.permute(2, 0, 1), full.reshape(self.tables, -1, len(self.full_fields), self.dim)

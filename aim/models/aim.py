@@ -7,6 +7,8 @@ One network serves every stage of the search, set up by its arguments:
 * ``interactions`` were selected earlier: their gates stay as attention weights, trained by Adam with the
   rest (``gates="none"`` drops gates and batch norm: the transfers, a plain sum as in an FM).
 * ``function_wise``: one embedding table per interaction function in use (paper eq. 14), or one shared table.
+  The T function-wise tables are the T column blocks of one parameter, so that a batch costs one gather and
+  one backward for all of them, not T (each block still gets gradients from its own function only).
 * ``search_dims``: EDS gates ``beta`` [n_fields, dim], shared by a field's function-wise embeddings (eq. 15),
   trained by GRDA. ``kept_dims`` then builds the smaller tables (eq. 18, ``PrunedFieldEmbedding``).
 * ``hidden_units``: the MLP that retrain adds, beside the interactions (``head="parallel"``, DeepFM-style) or on
@@ -82,19 +84,19 @@ class AIM(CTRModel):
         self.gate_mode, self.head, self.function_wise = gates, head, function_wise
         self.grda = {"lr": grda_lr, "c": grda_c, "mu": grda_mu}
 
-        # Embedding tables: one per function in use (function-wise) or one shared.
+        # Embedding tables: one per function in use (function-wise) or one shared, stacked in one module.
         functions = list(dict.fromkeys(e.function for e in (*self.fixed, *self.candidates))) or ["inner"]
-        table_names = functions if function_wise else ["shared"]
+        self.table_names = functions if function_wise else ["shared"]
+        tables = len(self.table_names)
         self.embedding = None  # CTRModel's single table is replaced by the tables below
         # Pruned tables give the interactions [B, u, d] for the u fields that take part (a retrained model's few
         # interactions touch a few fields); the layers then index those u rows.
         used = sorted({f for e in (*self.fixed, *self.candidates) for f in e.fields})
         row_of = {f: r for r, f in enumerate(used)} if kept_dims is not None else {f: f for f in range(n)}
-        self.tables = nn.ModuleDict({
-            name: FieldEmbedding(self.fields, d)
-            if kept_dims is None else PrunedFieldEmbedding(self.fields, d, kept_dims, full_fields=used)
-            for name in table_names
-        })
+        if kept_dims is None:  # table t is columns [t * d, (t + 1) * d)
+            self.tables: FieldEmbedding | PrunedFieldEmbedding = FieldEmbedding(self.fields, d * tables)
+        else:
+            self.tables = PrunedFieldEmbedding(self.fields, d, kept_dims, full_fields=used, tables=tables)
         self.table_of = {fn: (fn if function_wise else "shared") for fn in functions}
         self.dim_gates = nn.Parameter(torch.full((n, d), dim_gate_init)) if search_dims else None
 
@@ -147,23 +149,21 @@ class AIM(CTRModel):
 
     # -- forward -------------------------------------------------------------------------------------------
     def embed_tables(self, batch: CTRData) -> tuple[dict[str, Tensor], Tensor]:
-        """Each table's [B, n, d] (after EDS gates, if searching) and the mean of their compact forms."""
+        """Each table's [B, n, d] (after EDS gates, if searching) and the mean of their compact forms [B, sum d]."""
         self.penalty = 0.0
-        full: dict[str, Tensor] = {}
-        compact = []
-        index = None  # the pruned tables share their fields and kept positions, so where they read too
-        for name, table in self.tables.items():
-            if isinstance(table, PrunedFieldEmbedding):
-                index = table.lookup_index(batch) if index is None else index
-                c, e = table(batch, index)
-            else:
-                e = table(batch)
-                if self.dim_gates is not None:
-                    e = e * self.dim_gates
-                c = e.flatten(1)
-            full[name] = e
-            compact.append(c)
-        return full, compact[0] if len(compact) == 1 else torch.stack(compact).mean(0)
+        tables = len(self.table_names)
+        if isinstance(self.tables, PrunedFieldEmbedding):
+            compact, full = self.tables(batch)  # [T, B, sum d], [T, B, u, d]
+            compact = compact[0] if tables == 1 else compact.mean(0)
+        else:
+            e = self.tables(batch)
+            e = e.view(e.shape[0], e.shape[1], tables, self.embedding_dim)  # [B, n, T, d]
+            if self.dim_gates is not None:  # one gate per field and dimension, shared by the T tables
+                e = e * self.dim_gates.unsqueeze(1)
+            compact = (e[:, :, 0] if tables == 1 else e.mean(2)).flatten(1)
+            # Each table's [B, n, d] made contiguous (one copy of all T): the layers' products read it whole.
+            full = e.permute(2, 0, 1, 3).contiguous()
+        return dict(zip(self.table_names, full.unbind(0), strict=True)), compact
 
     def interaction_scores(self, full: dict[str, Tensor]) -> Tensor:
         """[B, m]: every interaction's output, fixed ones first, in the model's entry order."""
