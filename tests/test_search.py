@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import FieldEmbedding, PrunedFieldEmbedding
+from aim.layers import FieldEmbedding, PrunedFieldEmbedding, gated_batch_norm
 from aim.models import build_model
 from aim.search import GRDA, Interaction, all_pairs, combine, kept, top_k
 
@@ -219,3 +219,38 @@ def test_transfer_models_take_the_searched_set():
         net = build_model(name, FIELDS, interactions=interactions, hidden_units=(8,))
         assert net.norm is None and net.alpha is None  # a plain sum / MLP input, no gates
         assert net(_batch()).shape == (32,)
+
+
+def test_gated_batch_norm_equals_batch_norm_then_gates():
+    """The fused sum_k alpha_k BN(z_k) of the search: batch norm's outputs, gradients and running statistics
+    (train, then eval), from layer outputs of any layout (the vector kernel's are transposed)."""
+    z = (torch.randn(16, 5, dtype=torch.float64) * 3 + 2).requires_grad_()
+    g = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    norm64 = torch.nn.BatchNorm1d(5, affine=False).double()
+    assert torch.autograd.gradcheck(lambda z, g: gated_batch_norm([z], g, norm64), (z, g))
+    torch.manual_seed(0)
+    rows, sizes = 512, [7, 30, 3]
+    parts = [torch.randn(rows, s) * (i + 1) + i for i, s in enumerate(sizes)]
+    parts[1] = torch.randn(30, rows).T * 2 + 1  # a transposed layout
+    gates = torch.randn(sum(sizes))
+    reference, fused = (torch.nn.BatchNorm1d(sum(sizes), affine=False) for _ in range(2))
+    for training in (True, True, False):
+        reference.train(training), fused.train(training)
+        upstream = torch.randn(rows)
+        results = []
+        for combined in (lambda ps, g: reference(torch.cat(ps, 1)) @ g, lambda ps, g: gated_batch_norm(ps, g, fused)):
+            ps, g = [p.clone().requires_grad_() for p in parts], gates.clone().requires_grad_()
+            out = combined(ps, g)
+            (out * upstream).sum().backward()
+            results.append((out, [p.grad for p in ps], g.grad))
+        (want, want_parts, want_gates), (got, got_parts, got_gates) = results
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(got_gates, want_gates, atol=1e-3, rtol=1e-5)
+        for a, b in zip(got_parts, want_parts, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+        assert got_parts[1].stride() == (1, rows)  # the gradient keeps its part's layout
+        torch.testing.assert_close(fused.running_mean, reference.running_mean)
+        torch.testing.assert_close(fused.running_var, reference.running_var)
+        assert fused.num_batches_tracked == reference.num_batches_tracked
+    with pytest.raises(ValueError, match="40 interaction outputs for 39 gates"):
+        gated_batch_norm(parts, gates[:-1], fused)

@@ -3,6 +3,7 @@
 from aim.layers.attention import AttentionNet, MultiHeadSelfAttention
 from aim.layers.dropout import Dropout, dropout_mask
 from aim.layers.embedding import FieldEmbedding, FieldLinear, NumericEmbedding, PrunedFieldEmbedding, masked_mean
+from aim.layers.gate import gated_batch_norm
 from aim.layers.interaction import (
     FUNCTIONS,
     Interaction,
@@ -31,6 +32,7 @@ __all__ = [
     "dropout_mask",
     "elementwise_products",
     "gather_fields",
+    "gated_batch_norm",
     "masked_mean",
     "pair_index",
 ]

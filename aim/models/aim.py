@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import MLP, FieldEmbedding, FieldLinear, PrunedFieldEmbedding
+from aim.layers import MLP, FieldEmbedding, FieldLinear, PrunedFieldEmbedding, gated_batch_norm
 from aim.layers import Interaction as InteractionLayer
 from aim.models.base import CTRModel, register
 from aim.search.architecture import Interaction, all_pairs
@@ -165,23 +165,26 @@ class AIM(CTRModel):
             full = e.permute(2, 0, 1, 3).contiguous()
         return dict(zip(self.table_names, full.unbind(0), strict=True)), compact
 
+    def interaction_parts(self, full: dict[str, Tensor]) -> list[Tensor]:
+        """Each layer's [B, m_layer] outputs, fixed interactions first, in the model's entry order."""
+        return [layer(full[self.table_of[fn]]) for layer, fn in zip(self.layers, self.layer_functions, strict=True)]
+
     def interaction_scores(self, full: dict[str, Tensor]) -> Tensor:
         """[B, m]: every interaction's output, fixed ones first, in the model's entry order."""
-        scores = [layer(full[self.table_of[fn]]) for layer, fn in zip(self.layers, self.layer_functions, strict=True)]
-        return torch.cat(scores, 1)
+        return torch.cat(self.interaction_parts(full), 1)
 
     def forward(self, batch: CTRData) -> Tensor:
         full, compact = self.embed_tables(batch)
-        z = self.interaction_scores(full) if len(self.layers) else None
+        parts = self.interaction_parts(full)
         if self.head == "stacked":
-            return self.mlp(torch.cat([compact, z], 1) if z is not None else compact).squeeze(-1)
+            return self.mlp(torch.cat([compact, *parts], 1)).squeeze(-1)
         logit = self.linear(batch)
-        if z is not None:
+        if parts:
             if self.norm is None:
-                logit = logit + z.sum(1)
-            else:
+                logit = logit + sum(z.sum(1) for z in parts)
+            else:  # sum_k alpha_k BN(z_k), one layer's outputs at a time (aim/layers/gate.py says why)
                 gates = [g for g in (self.alpha, self.alpha_search) if g is not None]
-                logit = logit + self.norm(z) @ torch.cat(gates)
+                logit = logit + gated_batch_norm(parts, torch.cat(gates), self.norm)
         if self.mlp is not None:
             logit = logit + self.mlp(compact).squeeze(-1)
         return logit
