@@ -169,6 +169,9 @@ class PrunedFieldEmbedding(nn.Module):
         for s, (i, slot) in enumerate(zip(field_of.tolist(), slot_of.tolist(), strict=True)):  # once, at build
             if i in row_of:
                 scatter[row_of[i] * dim + self.kept[i][slot]] = s
+        # The same for the T tables at once, read from the padded [B, (sum d + 1) * T] (number s of table t at
+        # s * T + t), in the order (table, field, position): one index_select builds every table's full.
+        scatter = (scatter.unsqueeze(0) * tables + torch.arange(tables).unsqueeze(1)).flatten()
         self.register_buffer("scatter", scatter, persistent=False)
         single = [i for i, f in enumerate(self.fields) if not f.multi_valued]
         # The columns of each multi-valued field (in batch.multi order), found once here, not per batch.
@@ -217,5 +220,7 @@ class PrunedFieldEmbedding(nn.Module):
             pooled = masked_mean(lookup(self.weight, idx), batch.multi[j] != PADDING)
             compact = compact.index_copy(1, cols, pooled)
         padded = torch.cat([compact, compact.new_zeros(compact.shape[0], 1, self.tables)], 1)
-        full = padded.index_select(1, self.scatter).permute(2, 0, 1)  # [T, B, u * dim], one copy below if T > 1
-        return compact.permute(2, 0, 1), full.reshape(self.tables, -1, len(self.full_fields), self.dim)
+        # [B, T, u, dim] in one gather (a 3-d index_select along dim 1 and a transposing copy took 2.5x as long);
+        # each table's [B, u, dim] is then a view with rows T * u * dim apart.
+        full = padded.flatten(1).index_select(1, self.scatter).view(-1, self.tables, len(self.full_fields), self.dim)
+        return compact.permute(2, 0, 1), full.transpose(0, 1)
