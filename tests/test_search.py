@@ -118,7 +118,7 @@ def test_pruned_embedding_keeps_the_searched_positions_and_really_has_fewer_para
     assert pruned.weight.numel() == 2 * (7 * 3 + 5 * 1 + 6 * 4 + 0)
     batch = _batch()
     compact, expanded = pruned(batch)
-    assert compact.shape == (2, 32, 3 + 1 + 4) and expanded.shape == (2, 32, 4, 4)
+    assert compact.shape == (2, 32, 3 + 1 + 4) and [e.shape for e in expanded] == [(32, 4, 4)] * 2
     for t in range(2):
         # Build the full table that pruned table t stands for: the kept positions filled, the rest zero.
         full = FieldEmbedding(FIELDS, 4)
@@ -131,8 +131,8 @@ def test_pruned_embedding_keeps_the_searched_positions_and_really_has_fewer_para
                 offset += f.vocab_size * len(positions)
                 row += f.vocab_size
         torch.testing.assert_close(expanded[t], full(batch))
-        torch.testing.assert_close(compact[t, :, :3], expanded[t, :, 0, [0, 2, 3]])
-        assert expanded[t, :, 3].abs().sum() == 0  # a field that kept nothing is zeros
+        torch.testing.assert_close(compact[t, :, :3], expanded[t][:, 0, [0, 2, 3]])
+        assert expanded[t][:, 3].abs().sum() == 0  # a field that kept nothing is zeros
     assert not torch.equal(expanded[0], expanded[1])  # independent tables
     with pytest.raises(ValueError, match="increasing"):
         PrunedFieldEmbedding(FIELDS, 4, [[2, 0], [], [], []])
@@ -146,25 +146,37 @@ def test_pruned_embedding_builds_full_vectors_only_for_the_fields_asked():
     batch = _batch()
     (compact_all, full_all), (compact, full) = every(batch), some(batch)
     torch.testing.assert_close(compact, compact_all)
-    torch.testing.assert_close(full, full_all[:, :, [1, 2]])
+    torch.testing.assert_close(full[0], full_all[0][:, [1, 2]])
+    # a list of fields per table: each table's full has its own fields
+    per_table = PrunedFieldEmbedding(FIELDS, 4, kept_dims, full_fields=[[2], [0, 3, 1]], tables=2)
+    both = PrunedFieldEmbedding(FIELDS, 4, kept_dims, tables=2)
+    per_table.load_state_dict(both.state_dict())
+    (_, full_both), (_, full_each) = both(batch), per_table(batch)
+    torch.testing.assert_close(full_each[0], full_both[0][:, [2]])
+    torch.testing.assert_close(full_each[1], full_both[1][:, [0, 3, 1]])
     with pytest.raises(ValueError, match="full_fields"):
         PrunedFieldEmbedding(FIELDS, 4, kept_dims, full_fields=[4])
+    with pytest.raises(ValueError, match="2 lists of fields for 3 tables"):
+        PrunedFieldEmbedding(FIELDS, 4, kept_dims, full_fields=[[0], [1]], tables=3)
 
 
 def test_retrained_aim_reads_the_same_interactions_from_its_smaller_full_tables():
-    """Interactions touching fields 1 and 2 only: the layers index rows of the 2 used fields, not positions of 4."""
+    """Interactions touching fields 0, 1 and 2: each function's table holds the fields of its own interactions
+    (inner and vector kernel 1 and 2, outer 0, 1 and 2), and its layer indexes those rows, not positions of 4."""
     kept_dims = [[0, 2, 3], [1, 3], [0, 1, 2, 3], []]
     chosen = [Interaction((1, 2), fn, 0.5) for fn in ("inner", "outer", "vector_kernel")]
+    chosen.append(Interaction((0, 2), "outer", 0.4))
     torch.manual_seed(0)
     net = build_model("aim", FIELDS, interactions=chosen, kept_dims=kept_dims, hidden_units=(), embedding_dim=4)
-    assert all(layer.index.tolist() == [[0, 1]] for layer in net.layers)
+    assert [layer.index.tolist() for layer in net.layers] == [[[0, 1]], [[1, 2], [0, 2]], [[0, 1]]]
     net.eval()
     batch = _batch()
     full, _ = net.embed_tables(batch)
     every = PrunedFieldEmbedding(FIELDS, 4, kept_dims, tables=3)
     every.load_state_dict(net.tables.state_dict())
+    fields = {"inner": [1, 2], "outer": [0, 1, 2], "vector_kernel": [1, 2]}
     for t, name in enumerate(net.table_names):
-        torch.testing.assert_close(full[name], every(batch)[1][t, :, [1, 2]])
+        torch.testing.assert_close(full[name], every(batch)[1][t][:, fields[name]])
     scores = net.interaction_scores(full)
     torch.testing.assert_close(scores[:, 0], (full["inner"][:, 0] * full["inner"][:, 1]).sum(-1))
 
@@ -179,7 +191,7 @@ def test_pruned_embedding_gradients_are_the_same_on_every_run():
     for _ in range(3):
         pruned.zero_grad()
         compact, full = pruned(batch)
-        (compact.sin().sum() + full.cos().sum()).backward()
+        (compact.sin().sum() + sum(f.cos().sum() for f in full)).backward()
         grads.append(pruned.weight.grad.clone())
     assert all(torch.equal(grads[0], g) for g in grads[1:])
 

@@ -123,17 +123,20 @@ class PrunedFieldEmbedding(nn.Module):
     of them cost one gather and one backward. ``forward`` gives
 
     * ``compact`` [T, B, sum_i d_i]: the kept numbers of every field, side by side (what an MLP takes), and
-    * ``full`` [T, B, len(full_fields), dim]: each of ``full_fields``' numbers (default: every field) scattered
-      back to their kept positions, zeros elsewhere, for the interaction functions that need equal sizes (no
-      parameters added). A retrained model's few interactions use a few fields: building ``full`` for all of
-      them was 15 ms of a 20k-row inference batch per table, most of the model's time.
+    * ``full``, one [B, len(full_fields[t]), dim] per table t: the numbers of the fields ``full_fields[t]``
+      (default: every field; one list of fields serves every table) scattered back to their kept positions,
+      zeros elsewhere, for the interaction functions that need equal sizes (no parameters added). A retrained
+      model's few interactions use a few fields, and each function's table only those of its own interactions:
+      building ``full`` for all fields was 15 ms of a 20k-row inference batch per table, most of the model's
+      time, and a ``full`` over 38 MB is page-faulted afresh on every call (README, AIM's accuracy targets).
 
     Both come from one gather of rows ``weight[row_base_f + code * d_f + slot]``; multi-valued fields mean-pool
     their codes as in ``FieldEmbedding``.
     """
 
     def __init__(self, fields: Sequence[FieldSpec], dim: int, kept: Sequence[Sequence[int]],
-                 init_std: float = 1e-4, full_fields: Sequence[int] | None = None, tables: int = 1) -> None:
+                 init_std: float = 1e-4, full_fields: Sequence[int] | Sequence[Sequence[int]] | None = None,
+                 tables: int = 1) -> None:
         super().__init__()
         self.fields, self.dim, self.tables = tuple(fields), dim, tables
         if tables < 1:
@@ -157,22 +160,26 @@ class PrunedFieldEmbedding(nn.Module):
         # Where column s starts reading: field_of[s]'s table, rows of sizes[field_of[s]] numbers.
         self.register_buffer("column_base", (torch.cumsum(table_size, 0) - table_size)[field_of], persistent=False)
         self.register_buffer("column_size", sizes[field_of], persistent=False)
-        # full[:, r, p] = compact_padded[:, scatter[r * dim + p]] for field full_fields[r]; index sum(d) is an
-        # appended zero column.
-        self.full_fields = tuple(range(len(self.fields))) if full_fields is None else tuple(full_fields)
-        if any(not 0 <= i < len(self.fields) for i in self.full_fields):
+        if full_fields is None:
+            full_fields = range(len(self.fields))
+        full_fields = list(full_fields)
+        if not full_fields or not isinstance(full_fields[0], Sequence):  # one list of fields for every table
+            full_fields = [full_fields] * tables
+        if len(full_fields) != tables:
+            raise ValueError(f"full_fields has {len(full_fields)} lists of fields for {tables} tables")
+        self.full_fields = tuple(tuple(int(i) for i in table_fields) for table_fields in full_fields)
+        if any(not 0 <= i < len(self.fields) for table_fields in self.full_fields for i in table_fields):
             raise ValueError(f"full_fields must be field positions in [0, {len(self.fields)}), "
-                             f"got {list(self.full_fields)}")
-        row_of = {i: r for r, i in enumerate(self.full_fields)}
+                             f"got {[list(f) for f in self.full_fields]}")
+        # Where each number of table t's full comes from in the padded [B, (sum d + 1) * T] (number s of table t
+        # at s * T + t; s = sum d is an appended zero): full_t[:, r, p] is field full_fields[t][r], position p.
+        # All tables' indices side by side, so that one index_select builds every table's full.
         total = int(sizes.sum())
-        scatter = torch.full((len(self.full_fields) * dim,), total, dtype=torch.int64)
-        for s, (i, slot) in enumerate(zip(field_of.tolist(), slot_of.tolist(), strict=True)):  # once, at build
-            if i in row_of:
-                scatter[row_of[i] * dim + self.kept[i][slot]] = s
-        # The same for the T tables at once, read from the padded [B, (sum d + 1) * T] (number s of table t at
-        # s * T + t), in the order (table, field, position): one index_select builds every table's full.
-        scatter = (scatter.unsqueeze(0) * tables + torch.arange(tables).unsqueeze(1)).flatten()
-        self.register_buffer("scatter", scatter, persistent=False)
+        pairs = zip(field_of.tolist(), slot_of.tolist(), strict=True)
+        column = {(i, self.kept[i][slot]): s for s, (i, slot) in enumerate(pairs)}  # (field, position) -> s
+        scatter = [column.get((i, p), total) * tables + t
+                   for t, table_fields in enumerate(self.full_fields) for i in table_fields for p in range(dim)]
+        self.register_buffer("scatter", torch.tensor(scatter, dtype=torch.int64), persistent=False)
         single = [i for i, f in enumerate(self.fields) if not f.multi_valued]
         # The columns of each multi-valued field (in batch.multi order), found once here, not per batch.
         multi_columns = [torch.nonzero(field_of == i).flatten() for i, f in enumerate(self.fields) if f.multi_valued]
@@ -210,7 +217,7 @@ class PrunedFieldEmbedding(nn.Module):
             multi.append(self.column_base[cols] + codes * self.column_size[cols] + self.slot_of[cols])
         return single, multi
 
-    def forward(self, batch: CTRData) -> tuple[Tensor, Tensor]:
+    def forward(self, batch: CTRData) -> tuple[Tensor, list[Tensor]]:
         single, multi = self.lookup_index(batch)
         compact = lookup(self.weight, single)  # [B, sum d, T]; multi-valued columns are filled below
         for j, idx in enumerate(multi):
@@ -220,7 +227,10 @@ class PrunedFieldEmbedding(nn.Module):
             pooled = masked_mean(lookup(self.weight, idx), batch.multi[j] != PADDING)
             compact = compact.index_copy(1, cols, pooled)
         padded = torch.cat([compact, compact.new_zeros(compact.shape[0], 1, self.tables)], 1)
-        # [B, T, u, dim] in one gather (a 3-d index_select along dim 1 and a transposing copy took 2.5x as long);
-        # each table's [B, u, dim] is then a view with rows T * u * dim apart.
-        full = padded.flatten(1).index_select(1, self.scatter).view(-1, self.tables, len(self.full_fields), self.dim)
-        return compact.permute(2, 0, 1), full.transpose(0, 1)
+        # Every table's full in one gather (a 3-d index_select along dim 1 and a transposing copy took 2.5x as
+        # long); each table's [B, u_t, dim] is then a view into it.
+        gathered = padded.flatten(1).index_select(1, self.scatter)
+        widths = [len(table_fields) * self.dim for table_fields in self.full_fields]
+        full = [part.view(-1, len(table_fields), self.dim)
+                for part, table_fields in zip(gathered.split(widths, 1), self.full_fields, strict=True)]
+        return compact.permute(2, 0, 1), full

@@ -89,20 +89,24 @@ class AIM(CTRModel):
         self.table_names = functions if function_wise else ["shared"]
         tables = len(self.table_names)
         self.embedding = None  # CTRModel's single table is replaced by the tables below
-        # Pruned tables give the interactions [B, u, d] for the u fields that take part (a retrained model's few
-        # interactions touch a few fields); the layers then index those u rows.
-        used = sorted({f for e in (*self.fixed, *self.candidates) for f in e.fields})
-        row_of = {f: r for r, f in enumerate(used)} if kept_dims is not None else {f: f for f in range(n)}
+        self.table_of = {fn: (fn if function_wise else "shared") for fn in functions}
+        # Pruned tables give each table's interactions [B, u, d] for the u fields that take part in them (a
+        # retrained model's few interactions touch a few fields); the layers then index those u rows.
+        entries = (*self.fixed, *self.candidates)
+        used = {name: sorted({f for e in entries if self.table_of[e.function] == name for f in e.fields})
+                for name in self.table_names}
+        row_of = {name: {f: r for r, f in enumerate(fields)} if kept_dims is not None else {f: f for f in range(n)}
+                  for name, fields in used.items()}
         if kept_dims is None:  # table t is columns [t * d, (t + 1) * d)
             self.tables: FieldEmbedding | PrunedFieldEmbedding = FieldEmbedding(self.fields, d * tables)
         else:
-            self.tables = PrunedFieldEmbedding(self.fields, d, kept_dims, full_fields=used, tables=tables)
-        self.table_of = {fn: (fn if function_wise else "shared") for fn in functions}
+            full_fields = [used[name] for name in self.table_names]
+            self.tables = PrunedFieldEmbedding(self.fields, d, kept_dims, full_fields=full_fields, tables=tables)
         self.dim_gates = nn.Parameter(torch.full((n, d), dim_gate_init)) if search_dims else None
 
         self.linear = FieldLinear(self.fields) if head == "parallel" else None
         self.layers = nn.ModuleList(
-            InteractionLayer(torch.tensor([[row_of[f] for f in e.fields] for e in members]), fn, d)
+            InteractionLayer(torch.tensor([[row_of[self.table_of[fn]][f] for f in e.fields] for e in members]), fn, d)
             for _, fn, members in (*fixed_groups, *search_groups)
         )
         self.layer_functions = [fn for _, fn, _ in (*fixed_groups, *search_groups)]
@@ -153,7 +157,7 @@ class AIM(CTRModel):
         self.penalty = 0.0
         tables = len(self.table_names)
         if isinstance(self.tables, PrunedFieldEmbedding):
-            compact, full = self.tables(batch)  # [T, B, sum d], [T, B, u, d]
+            compact, full = self.tables(batch)  # [T, B, sum d], T of [B, u_t, d]
             compact = compact[0] if tables == 1 else compact.mean(0)
         else:
             e = self.tables(batch)
@@ -162,8 +166,8 @@ class AIM(CTRModel):
                 e = e * self.dim_gates.unsqueeze(1)
             compact = (e[:, :, 0] if tables == 1 else e.mean(2)).flatten(1)
             # Each table's [B, n, d] made contiguous (one copy of all T): the layers' products read it whole.
-            full = e.permute(2, 0, 1, 3).contiguous()
-        return dict(zip(self.table_names, full.unbind(0), strict=True)), compact
+            full = e.permute(2, 0, 1, 3).contiguous().unbind(0)
+        return dict(zip(self.table_names, full, strict=True)), compact
 
     def interaction_parts(self, full: dict[str, Tensor]) -> list[Tensor]:
         """Each layer's [B, m_layer] outputs, fixed interactions first, in the model's entry order."""
