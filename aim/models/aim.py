@@ -153,7 +153,8 @@ class AIM(CTRModel):
 
     # -- forward -------------------------------------------------------------------------------------------
     def embed_tables(self, batch: CTRData) -> tuple[dict[str, Tensor], Tensor]:
-        """Each table's [B, n, d] (after EDS gates, if searching) and the mean of their compact forms [B, sum d]."""
+        """Each table's [B, n, d] (after EDS gates, if searching; a pruned table's [B, u, d] for the u fields of its
+        interactions) and the mean of their compact forms [B, sum d]."""
         self.penalty = 0.0
         tables = len(self.table_names)
         if isinstance(self.tables, PrunedFieldEmbedding):
