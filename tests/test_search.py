@@ -9,6 +9,7 @@ import torch
 
 from aim.data import CTRData, FieldSpec
 from aim.layers import FieldEmbedding, PrunedFieldEmbedding, gated_batch_norm
+from aim.layers import Interaction as InteractionLayer
 from aim.models import build_model
 from aim.search import GRDA, Interaction, all_pairs, combine, kept, top_k
 
@@ -160,25 +161,41 @@ def test_pruned_embedding_builds_full_vectors_only_for_the_fields_asked():
         PrunedFieldEmbedding(FIELDS, 4, kept_dims, full_fields=[[0], [1]], tables=3)
 
 
-def test_retrained_aim_reads_the_same_interactions_from_its_smaller_full_tables():
-    """Interactions touching fields 0, 1 and 2: each function's table holds the fields of its own interactions
-    (inner and vector kernel 1 and 2, outer 0, 1 and 2), and its layer indexes those rows, not positions of 4."""
-    kept_dims = [[0, 2, 3], [1, 3], [0, 1, 2, 3], []]
-    chosen = [Interaction((1, 2), fn, 0.5) for fn in ("inner", "outer", "vector_kernel")]
-    chosen.append(Interaction((0, 2), "outer", 0.4))
+@pytest.mark.parametrize("order", [2, 3])
+def test_retrained_aim_scores_equal_the_zero_filled_vectors(order: int):
+    """The retrained model's layers read the kept numbers (CompactInteraction); their scores and gradients must
+    equal each function's on the zero-filled full vectors (paper eq. 18), for all four functions, with fields
+    whose kept positions overlap partly or not at all."""
+    kept_dims = [[0, 2, 3], [1, 3], [0, 1, 2, 3], [2]]
+    sets = [(1, 2), (0, 2), (0, 1), (2, 3)] if order == 2 else [(0, 1, 2), (1, 2, 3), (0, 2, 3)]
+    chosen = [Interaction(f, fn, 0.5) for fn in ("inner", "outer", "vector_kernel", "scalar_kernel") for f in sets]
     torch.manual_seed(0)
     net = build_model("aim", FIELDS, interactions=chosen, kept_dims=kept_dims, hidden_units=(), embedding_dim=4)
-    assert [layer.index.tolist() for layer in net.layers] == [[[0, 1]], [[1, 2], [0, 2]], [[0, 1]]]
-    net.eval()
+    kernels = [layer.kernel for layer in net.layers if hasattr(layer, "kernel")]  # inner has none
+    for kernel in kernels:  # away from their initial values, so that a misplaced entry shows
+        torch.nn.init.normal_(kernel)
     batch = _batch()
-    full, _ = net.embed_tables(batch)
-    every = PrunedFieldEmbedding(FIELDS, 4, kept_dims, tables=3)
-    every.load_state_dict(net.tables.state_dict())
-    fields = {"inner": [1, 2], "outer": [0, 1, 2], "vector_kernel": [1, 2]}
-    for t, name in enumerate(net.table_names):
-        torch.testing.assert_close(full[name], every(batch)[1][t][:, fields[name]])
-    scores = net.interaction_scores(full)
-    torch.testing.assert_close(scores[:, 0], (full["inner"][:, 0] * full["inner"][:, 1]).sum(-1))
+    inputs, _ = net.embed_tables(batch)
+    scores = net.interaction_scores(inputs)
+    _, full = net.tables(batch)  # the zero-filled [B, n, d] vectors of each table
+    reference = []
+    for layer, fn in zip(net.layers, net.layer_functions, strict=True):
+        plain = InteractionLayer(layer.index, fn, 4)
+        if hasattr(layer, "kernel"):
+            plain.kernel = layer.kernel
+        reference.append(plain(full[net.table_names.index(fn)]))
+    reference = torch.cat(reference, 1)
+    torch.testing.assert_close(scores, reference, rtol=1e-5, atol=1e-12)
+    weights = torch.randn_like(scores)
+    grads = [torch.autograd.grad((s * weights).sum(), [net.tables.weight, *kernels])
+             for s in (net.interaction_scores(net.embed_tables(batch)[0]), reference)]
+    for new, old in zip(*grads, strict=True):
+        torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-12)
+    # inner of fields 0 and 1: only position 3 is kept by both
+    e = net.tables.compact(batch)[..., net.table_names.index("inner")]
+    if order == 2:
+        column = net.tables.column
+        torch.testing.assert_close(scores[:, 2], e[:, column[(0, 3)]] * e[:, column[(1, 3)]])
 
 
 def test_pruned_embedding_gradients_are_the_same_on_every_run():

@@ -6,6 +6,7 @@ from aim.layers.embedding import FieldEmbedding, FieldLinear, NumericEmbedding, 
 from aim.layers.gate import gated_batch_norm
 from aim.layers.interaction import (
     FUNCTIONS,
+    CompactInteraction,
     Interaction,
     InteractionFunction,
     combination_index,
@@ -20,6 +21,7 @@ __all__ = [
     "MLP",
     "FP32Linear",
     "AttentionNet",
+    "CompactInteraction",
     "Dropout",
     "FieldEmbedding",
     "FieldLinear",

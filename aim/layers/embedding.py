@@ -176,7 +176,9 @@ class PrunedFieldEmbedding(nn.Module):
         # All tables' indices side by side, so that one index_select builds every table's full.
         total = int(sizes.sum())
         pairs = zip(field_of.tolist(), slot_of.tolist(), strict=True)
-        column = {(i, self.kept[i][slot]): s for s, (i, slot) in enumerate(pairs)}  # (field, position) -> s
+        # (field, position) -> s: where a kept number sits in compact (CompactInteraction reads it there).
+        self.column = {(i, self.kept[i][slot]): s for s, (i, slot) in enumerate(pairs)}
+        column = self.column
         scatter = [column.get((i, p), total) * tables + t
                    for t, table_fields in enumerate(self.full_fields) for i in table_fields for p in range(dim)]
         self.register_buffer("scatter", torch.tensor(scatter, dtype=torch.int64), persistent=False)
@@ -218,14 +220,7 @@ class PrunedFieldEmbedding(nn.Module):
         return single, multi
 
     def forward(self, batch: CTRData) -> tuple[Tensor, list[Tensor]]:
-        single, multi = self.lookup_index(batch)
-        compact = lookup(self.weight, single)  # [B, sum d, T]; multi-valued columns are filled below
-        for j, idx in enumerate(multi):
-            cols = getattr(self, f"multi_columns_{j}")
-            if len(cols) == 0:  # the field kept no dimension
-                continue
-            pooled = masked_mean(lookup(self.weight, idx), batch.multi[j] != PADDING)
-            compact = compact.index_copy(1, cols, pooled)
+        compact = self.compact(batch)
         padded = torch.cat([compact, compact.new_zeros(compact.shape[0], 1, self.tables)], 1)
         # Every table's full in one gather (a 3-d index_select along dim 1 and a transposing copy took 2.5x as
         # long); each table's [B, u_t, dim] is then a view into it.
@@ -234,3 +229,16 @@ class PrunedFieldEmbedding(nn.Module):
         full = [part.view(-1, len(table_fields), self.dim)
                 for part, table_fields in zip(gathered.split(widths, 1), self.full_fields, strict=True)]
         return compact.permute(2, 0, 1), full
+
+    def compact(self, batch: CTRData) -> Tensor:
+        """[B, sum d, T]: the kept numbers of every field and table; number s of table t is column s * T + t of
+        its [B, sum d * T] view."""
+        single, multi = self.lookup_index(batch)
+        compact = lookup(self.weight, single)  # [B, sum d, T]; multi-valued columns are filled below
+        for j, idx in enumerate(multi):
+            cols = getattr(self, f"multi_columns_{j}")
+            if len(cols) == 0:  # the field kept no dimension
+                continue
+            pooled = masked_mean(lookup(self.weight, idx), batch.multi[j] != PADDING)
+            compact = compact.index_copy(1, cols, pooled)
+        return compact

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import MLP, FieldEmbedding, FieldLinear, PrunedFieldEmbedding, gated_batch_norm
+from aim.layers import MLP, CompactInteraction, FieldEmbedding, FieldLinear, PrunedFieldEmbedding, gated_batch_norm
 from aim.layers import Interaction as InteractionLayer
 from aim.models.base import CTRModel, register
 from aim.search.architecture import Interaction, all_pairs
@@ -90,25 +90,24 @@ class AIM(CTRModel):
         tables = len(self.table_names)
         self.embedding = None  # CTRModel's single table is replaced by the tables below
         self.table_of = {fn: (fn if function_wise else "shared") for fn in functions}
-        # Pruned tables give each table's interactions [B, u, d] for the u fields that take part in them (a
-        # retrained model's few interactions touch a few fields); the layers then index those u rows.
-        entries = (*self.fixed, *self.candidates)
-        used = {name: sorted({f for e in entries if self.table_of[e.function] == name for f in e.fields})
-                for name in self.table_names}
-        row_of = {name: {f: r for r, f in enumerate(fields)} if kept_dims is not None else {f: f for f in range(n)}
-                  for name, fields in used.items()}
         if kept_dims is None:  # table t is columns [t * d, (t + 1) * d)
             self.tables: FieldEmbedding | PrunedFieldEmbedding = FieldEmbedding(self.fields, d * tables)
         else:
-            full_fields = [used[name] for name in self.table_names]
-            self.tables = PrunedFieldEmbedding(self.fields, d, kept_dims, full_fields=full_fields, tables=tables)
+            self.tables = PrunedFieldEmbedding(self.fields, d, kept_dims, tables=tables)
         self.dim_gates = nn.Parameter(torch.full((n, d), dim_gate_init)) if search_dims else None
 
         self.linear = FieldLinear(self.fields) if head == "parallel" else None
-        self.layers = nn.ModuleList(
-            InteractionLayer(torch.tensor([[row_of[self.table_of[fn]][f] for f in e.fields] for e in members]), fn, d)
-            for _, fn, members in (*fixed_groups, *search_groups)
-        )
+        groups = (*fixed_groups, *search_groups)
+        if kept_dims is None:
+            self.layers = nn.ModuleList(InteractionLayer(torch.tensor([e.fields for e in members]), fn, d)
+                                        for _, fn, members in groups)
+        else:  # pruned tables: each layer reads its table's kept numbers, number s of table t in column s * T + t
+            def columns(fn: str) -> dict[tuple[int, int], int]:
+                t = self.table_names.index(self.table_of[fn])
+                return {key: s * tables + t for key, s in self.tables.column.items()}
+            self.layers = nn.ModuleList(
+                CompactInteraction(torch.tensor([e.fields for e in members]), fn, d, self.tables.kept, columns(fn))
+                for _, fn, members in groups)
         self.layer_functions = [fn for _, fn, _ in (*fixed_groups, *search_groups)]
         num_fixed, num_searched = len(self.fixed), len(self.candidates)
         gated = (gates == "attention" and num_fixed > 0) or num_searched > 0
@@ -153,21 +152,22 @@ class AIM(CTRModel):
 
     # -- forward -------------------------------------------------------------------------------------------
     def embed_tables(self, batch: CTRData) -> tuple[dict[str, Tensor], Tensor]:
-        """Each table's [B, n, d] (after EDS gates, if searching; a pruned table's [B, u, d] for the u fields of its
-        interactions) and the mean of their compact forms [B, sum d]."""
+        """What each table's layers read, and the mean of the tables' compact forms [B, sum d] (the MLP's input).
+        A full table gives [B, n, d] (after the EDS gates, if searching); a pruned one gives every table's kept
+        numbers, [B, sum d * T] (``CompactInteraction`` reads its own table's columns there)."""
         self.penalty = 0.0
         tables = len(self.table_names)
         if isinstance(self.tables, PrunedFieldEmbedding):
-            compact, full = self.tables(batch)  # [T, B, sum d], T of [B, u_t, d]
-            compact = compact[0] if tables == 1 else compact.mean(0)
-        else:
-            e = self.tables(batch)
-            e = e.view(e.shape[0], e.shape[1], tables, self.embedding_dim)  # [B, n, T, d]
-            if self.dim_gates is not None:  # one gate per field and dimension, shared by the T tables
-                e = e * self.dim_gates.unsqueeze(1)
-            compact = (e[:, :, 0] if tables == 1 else e.mean(2)).flatten(1)
-            # Each table's [B, n, d] made contiguous (one copy of all T): the layers' products read it whole.
-            full = e.permute(2, 0, 1, 3).contiguous().unbind(0)
+            kept = self.tables.compact(batch)  # [B, sum d, T]
+            compact = kept[..., 0] if tables == 1 else kept.mean(-1)
+            return dict.fromkeys(self.table_names, kept.flatten(1)), compact
+        e = self.tables(batch)
+        e = e.view(e.shape[0], e.shape[1], tables, self.embedding_dim)  # [B, n, T, d]
+        if self.dim_gates is not None:  # one gate per field and dimension, shared by the T tables
+            e = e * self.dim_gates.unsqueeze(1)
+        compact = (e[:, :, 0] if tables == 1 else e.mean(2)).flatten(1)
+        # Each table's [B, n, d] made contiguous (one copy of all T): the layers' products read it whole.
+        full = e.permute(2, 0, 1, 3).contiguous().unbind(0)
         return dict(zip(self.table_names, full, strict=True)), compact
 
     def interaction_parts(self, full: dict[str, Tensor]) -> list[Tensor]:
