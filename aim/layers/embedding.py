@@ -125,10 +125,14 @@ class PrunedFieldEmbedding(nn.Module):
     * ``compact`` [T, B, sum_i d_i]: the kept numbers of every field, side by side (what an MLP takes), and
     * ``full``, one [B, len(full_fields[t]), dim] per table t: the numbers of the fields ``full_fields[t]``
       (default: every field; one list of fields serves every table) scattered back to their kept positions,
-      zeros elsewhere, for the interaction functions that need equal sizes (no parameters added). A retrained
-      model's few interactions use a few fields, and each function's table only those of its own interactions:
-      building ``full`` for all fields was 15 ms of a 20k-row inference batch per table, most of the model's
-      time, and a ``full`` over 38 MB is page-faulted afresh on every call (README, AIM's accuracy targets).
+      zeros elsewhere, for the interaction functions that need equal sizes (no parameters added).
+
+    ``compact(batch)`` gives the kept numbers alone, [B, sum_i d_i, T], and ``column[(field, position)]`` says
+    where each sits. The retrained AIM reads only those (``CompactInteraction``): the zeros of ``full`` add
+    nothing to any interaction function, and the pruned tables with their ``full`` were about a quarter of its
+    inference time, partly the page faults of a fresh tensor on every call (README, AIM's accuracy targets).
+    ``full`` is the reference that the tests check those scores against, and what a user of the layer with
+    functions of their own can take.
 
     Both come from one gather of rows ``weight[row_base_f + code * d_f + slot]``; multi-valued fields mean-pool
     their codes as in ``FieldEmbedding``.
