@@ -1,6 +1,6 @@
 """Shared layers: embeddings, interaction functions, MLP, attention. Models are built from these."""
 
-from aim.layers.attention import AttentionNet, MultiHeadSelfAttention
+from aim.layers.attention import AttentionNet, MultiHeadSelfAttention, attentive_pair_sum
 from aim.layers.dropout import Dropout, dropout_mask
 from aim.layers.embedding import FieldEmbedding, FieldLinear, NumericEmbedding, PrunedFieldEmbedding, masked_mean
 from aim.layers.gate import gated_batch_norm
@@ -30,6 +30,7 @@ __all__ = [
     "MultiHeadSelfAttention",
     "NumericEmbedding",
     "PrunedFieldEmbedding",
+    "attentive_pair_sum",
     "combination_index",
     "dropout_mask",
     "elementwise_products",

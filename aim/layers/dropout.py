@@ -27,9 +27,20 @@ def _drop_level(p: float) -> int:
     return drop
 
 
-def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype = torch.float32) -> Tensor:
-    """A CPU tensor of ``shape``: 0 with probability ``round(p·65536)/65536``, else ``1 / keep rate``."""
+def dropout_mask(
+    shape: torch.Size | tuple[int, ...],
+    p: float,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """A tensor of ``shape``: 0 with probability ``round(p·65536)/65536``, else ``1 / keep rate``.
+
+    On CPU it takes the cheap draw above; on another device it is one Bernoulli draw per element, with ``p``
+    exact (the device's own generator is fast).
+    """
     drop = _drop_level(p)
+    if torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device).bernoulli_(1 - p).div_(1 - p)
     n = math.prod(shape)
     words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64)
     uniform = words.view(torch.int16)[:n].view(shape)  # each in [-32768, 32767], uniform

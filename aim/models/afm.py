@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import PADDING, CTRData, FieldSpec
-from aim.layers import AttentionNet, Dropout, FieldLinear, elementwise_products, pair_index
+from aim.layers import AttentionNet, Dropout, FieldLinear, attentive_pair_sum, pair_index
 from aim.models.base import CTRModel, register
 
 
@@ -76,15 +76,17 @@ class AFM(CTRModel):
         self.dropout = Dropout(dropout)
         self.register_buffer("pairs", pair_index(self.num_fields), persistent=False)
 
-    def attention_weights(self, batch: CTRData, products: Tensor) -> Tensor:
-        """``a_ij`` [B, m] (eq. 5): a softmax over the pairs whose fields both have a value."""
-        return masked_softmax(self.attention(products), pair_mask(present_fields(batch), self.pairs))
-
     def forward(self, batch: CTRData) -> Tensor:
         embedded = self.embed(batch)
-        products = self.dropout(elementwise_products(embedded, self.pairs))  # f_PI, [B, m, k] (eq. 2)
-        weights = self.attention_weights(batch, products)
-        pooled = (weights.unsqueeze(-1) * products).sum(1)  # f_Att (eq. 4)
+        # p^T sum a_ij (e_i ⊙ e_j) = sum a_ij <p, e_i ⊙ e_j>: eq. 4-6 in one fused pass (aim.layers.attention)
+        pairwise = attentive_pair_sum(
+            embedded,
+            self.pairs,
+            self.attention,
+            self.projection,
+            pair_mask(present_fields(batch), self.pairs),
+            dropout=self.dropout.p if self.training else 0.0,
+        )
         if self.attention_l2:
             self.penalty = self.penalty + self.attention_l2 * self.attention.weight_l2()  # eq. 8
-        return self.linear(batch) + pooled @ self.projection
+        return self.linear(batch) + pairwise

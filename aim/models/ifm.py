@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import MLP, AttentionNet, Dropout, FieldLinear, elementwise_products, pair_index
+from aim.layers import MLP, AttentionNet, Dropout, FieldLinear, attentive_pair_sum, elementwise_products, pair_index
 from aim.models.afm import masked_softmax, pair_mask, present_fields
 from aim.models.base import CTRModel, register
 
@@ -99,33 +99,50 @@ class InteractionAwareModel(CTRModel):
             chosen = norms.topk(c).indices
         return chosen.sort().values
 
-    def interact(self, batch: CTRData, embedded: Tensor) -> tuple[Tensor, Tensor]:
-        """Feature-aspect weights T [B, c] (eq. 5) and the fused vectors ``F ⊙ (V_i ⊙ V_j)`` [B, c, K].
-
-        c is the number of pairs scored: all m, or the sampled ones. Also adds λ_F and the attention L2 to
-        ``self.penalty`` (``embed`` must have run first).
-        """
+    def scored_pairs(self) -> tuple[Tensor, Tensor]:
+        """The pairs this forward scores [c, 2] and their field aspect [c, K]; also adds λ_F and the attention L2
+        to ``self.penalty`` (``embed`` must have run first) and records ``sampled_pairs``."""
         field_aspect = self.field_aspect()
         chosen = self.select_pairs(field_aspect)
         self.sampled_pairs = chosen
         pairs = self.pairs
         if chosen is not None:
             pairs, field_aspect = pairs.index_select(0, chosen), field_aspect.index_select(0, chosen)
-        products = self.dropout(elementwise_products(embedded, pairs))  # P_F (eq. 8)
-        logits = self.attention(products) / self.temperature
-        weights = masked_softmax(logits, pair_mask(present_fields(batch), pairs))  # T_ij (eq. 5)
         if self.field_l2:
             self.penalty = self.penalty + self.field_l2 * (
                 self.field_embedding.square().sum() + self.factor_matrix.square().sum()
             )
         if self.attention_l2:
             self.penalty = self.penalty + self.attention_l2 * self.attention.weight_l2()
+        return pairs, field_aspect
+
+    def interact(self, batch: CTRData, embedded: Tensor) -> tuple[Tensor, Tensor]:
+        """Feature-aspect weights T [B, c] (eq. 5) and the fused vectors ``F ⊙ (V_i ⊙ V_j)`` [B, c, K].
+
+        c is the number of pairs scored: all m, or the sampled ones. INN's MLP reads these per pair; IFM's sum
+        takes the fused path of ``ifm_term``.
+        """
+        pairs, field_aspect = self.scored_pairs()
+        products = self.dropout(elementwise_products(embedded, pairs))  # P_F (eq. 8)
+        logits = self.attention(products) / self.temperature
+        weights = masked_softmax(logits, pair_mask(present_fields(batch), pairs))  # T_ij (eq. 5)
         return weights, field_aspect * products
 
     def ifm_term(self, batch: CTRData, embedded: Tensor) -> Tensor:
-        """``G_IFM = sum_{(i,j)} T_ij <F_{f_i,f_j}, V_i ⊙ V_j>`` [B] (eq. 9 without its linear terms; eq. 13)."""
-        weights, fused = self.interact(batch, embedded)
-        return (weights * fused.sum(-1)).sum(-1)
+        """``G_IFM = sum_{(i,j)} T_ij <F_{f_i,f_j}, V_i ⊙ V_j>`` [B] (eq. 9 without its linear terms; eq. 13).
+
+        One fused pass (``aim.layers.attentive_pair_sum``): the [B, c, K] products are never kept.
+        """
+        pairs, field_aspect = self.scored_pairs()
+        return attentive_pair_sum(
+            embedded,
+            pairs,
+            self.attention,
+            field_aspect,
+            pair_mask(present_fields(batch), pairs),
+            temperature=self.temperature,
+            dropout=self.dropout.p if self.training else 0.0,
+        )
 
 
 @register("ifm")
