@@ -4,7 +4,8 @@ The loop knows nothing of files or trackers. ``tasks/`` passes callbacks that lo
 checkpoints; ``Trainer.state_dict()`` holds everything a stopped run needs to go on exactly where it
 stopped (weights, optimizer, best weights so far, patience counters, history). Each epoch's shuffle and
 dropout are seeded from ``(seed, epoch)``, so a resumed run ends where an uninterrupted one ends.
-A trainer also stops MKL from changing its thread count at run time (``fix_mkl_threads``).
+A trainer also stops MKL from changing its thread count at run time (``fix_mkl_threads``) and keeps freed
+memory in the process for the next batch (``keep_freed_memory``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,30 @@ def fix_mkl_threads() -> bool:
         return False
     mkl(ctypes.c_int(0))
     return True
+
+
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit (HEAP_MAX_SIZE / 2)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX = -1, -3, 32 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse: blocks up to 32 MB come from the heap, whose top is never trimmed.
+
+    Torch allocates every intermediate of a CPU training step afresh and frees it by the end of the step. By
+    default glibc serves the larger ones with new mappings and hands a freed heap top back to the OS, so each step
+    fills its [4096, 400] activations into new pages: 2,200-5,300 page faults per training step of a
+    [400, 400, 400] MLP at batch 4096 here, 80-480 with this (counts of six runs), and a DeepFM step 15 % faster in
+    alternating runs of the two settings (medians of 79-85 ms against 82-112 ms per batch, four runs each).
+    The cost: the process's memory stays at its high-water mark instead of shrinking between steps. It is a
+    process-wide setting (like ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the environment, which
+    do the same). Returns whether glibc's ``mallopt`` was found (other C libraries: nothing is changed).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 @dataclass
@@ -149,6 +174,7 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, callbacks: Sequence[Callback] = ()) -> None:
         self.config = config
         fix_mkl_threads()
+        keep_freed_memory()
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.callbacks = list(callbacks)
