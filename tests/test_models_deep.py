@@ -247,3 +247,22 @@ def test_the_logit_layer_stays_float32_under_bf16_autocast() -> None:
     expected = F.linear(hidden.float(), mlp.net[-1].weight, mlp.net[-1].bias)
     assert torch.equal(logit, expected)
     assert logit.unique().numel() == 256  # no ties from rounding: a bf16 logit would tie many of these rows
+
+
+@pytest.mark.parametrize("scale", [1.0, None])
+def test_self_attention_under_cpu_bf16_autocast_is_the_same_attention(scale) -> None:
+    """Under bf16 autocast on CPU the attention core is two matmuls and a softmax instead of torch's fused kernel
+    (whose bf16 path is slower there): the same function, to bf16's precision, with gradients."""
+    from aim.layers.attention import _self_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(64, 2, 10, 8, generator=g, requires_grad=True) for _ in range(3))
+    expected = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _self_attention(q, k, v, scale)
+    assert got.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: scores of about ±3 are off by up to 0.03 (a wrong scale or softmax axis: O(1))
+    torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)
+    grads = torch.autograd.grad(got.float().sum(), (q, k, v))
+    for a, b in zip(grads, torch.autograd.grad(expected.sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(a, b, rtol=0.1, atol=0.1)

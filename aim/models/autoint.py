@@ -36,16 +36,8 @@ class InteractingLayer(MultiHeadSelfAttention):
         self.norm = nn.LayerNorm(self.out_dim) if layer_norm else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.norm is None:
-            return super().forward(x)
-        # The parent's computation with the norm before its ReLU (the ReLU cannot be undone afterwards).
-        batch, fields, _ = x.shape
-        q, k, v = self.qkv(x).view(batch, fields, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, scale=None if self.scaled else 1.0)
-        out = out.transpose(1, 2).reshape(batch, fields, self.out_dim)
-        if self.residual is not None:
-            out = out + self.residual(x)
-        return F.relu(self.norm(out))
+        out = self.attend(x)
+        return F.relu(out if self.norm is None else self.norm(out))  # the norm before the ReLU, which it cannot undo
 
 
 @register("autoint")
