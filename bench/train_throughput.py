@@ -499,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"roofline {dtype}: {r['best_flops'] / 1e9:.1f} GFLOP/s (best of {r['repeats']})")
 
     ours: dict[str, dict[str, Any]] = {}
-    peers: dict[str, dict[str, Any]] = {}
+    peers: dict[str, dict[str, Any]] = {}  # each peer as first measured (fm serves fm and fwfm, afm afm and ifm)
+    peers_by_model: dict[str, dict[str, dict[str, Any]]] = {}  # each model's own rounds of its peers
     bf16: dict[str, dict[str, Any]] = {}
     for name in models:
         busy[name] = cpu_busy()
@@ -521,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{name} round {round_}: bf16 {runs['bf16'][-1]['samples_per_second']:,.0f} samples/s "
                     f"({runs['bf16'][-1]['samples_per_second'] / runs['ours'][-1]['samples_per_second']:.2f}x fp32)")
         ours[name] = median_run(runs["ours"])
+        peers_by_model[name] = {key: median_run(runs[key]) for key in keys}
         for key in keys:
-            peers[key] = median_run(runs[key])
+            peers.setdefault(key, peers_by_model[name][key])
         peer_runs = runs.get(CONFIG[name]["peer"])
         if peer_runs:
             ours[name]["vs_peer_per_round"] = [a["samples_per_second"] / b["samples_per_second"]
@@ -556,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for name in models:
         peer_key = CONFIG[name]["peer"]
-        peer = peers.get(peer_key)
+        peer = peers_by_model[name].get(peer_key)
         ratio = float(np.median(ours[name]["vs_peer_per_round"])) if peer else None
         ours[name]["vs_peer"] = ratio
         ours[name]["peer"] = {"key": peer_key, "like_for_like": CONFIG[name]["like_for_like"],
@@ -568,8 +570,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({**peer, "label": f"  {peer_key}" + ("" if CONFIG[name]["like_for_like"] else " ~"),
                          "vs_peer": None})
         extra = PEER_EXTRA.get(name)
-        if extra in peers:
-            rows.append({**peers[extra], "label": f"  {extra} ~", "vs_peer": None})
+        if extra in peers_by_model[name]:
+            rows.append({**peers_by_model[name][extra], "label": f"  {extra} ~", "vs_peer": None})
 
     targets = evaluate_targets(models, ours, peers, bf16, roofline)
     print_report(rows, roofline, targets, peer_note, data_rows, epochs, args.batch_size)
@@ -597,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                      "mlp": MLP, "autoint_attention": {**ATTENTION, "attention_dim": EMBEDDING_DIM,
                                                        "residual": True, "scaled": False, "layer_norm": False},
                      "afm_attention_dim": AFM_ATTENTION_DIM},
-        "roofline": roofline, "flops_per_sample": flops, "ours": ours, "peers": peers, "bf16": bf16,
+        "roofline": roofline, "flops_per_sample": flops, "ours": ours, "peers": peers,
+        "peers_by_model": peers_by_model, "bf16": bf16,
         "targets": targets,
         "peer_notes": {name: CONFIG[name].get("note") for name in models if CONFIG[name].get("note")},
         "notes": "samples/s = training rows x epochs / wall seconds of the training epochs only: ours from "
