@@ -240,11 +240,8 @@ def attentive_pair_sum(
     if embedded.device.type == "cpu":
         chunk = max(1, _CHUNK_ELEMENTS // (m * max(dim, attention.project.out_features)))
     else:
-        chunk = batch  # a GPU wants one big launch per op, not a loop
+        chunk = max(batch, 1)  # a GPU wants one big launch per op, not a loop
     with torch.autocast(embedded.device.type, enabled=False):  # small products: float32 costs nothing here
         by_field = by_field.float() if by_field.dtype in (torch.bfloat16, torch.float16) else by_field
         params = tuple(p.to(by_field.dtype) for p in params)
-        out = _AttentivePairSum.apply(
-            by_field, pairs, *params[:3], params[3], mask_t, keep, float(temperature), chunk
-        )
-    return out
+        return _AttentivePairSum.apply(by_field, pairs, *params, mask_t, keep, float(temperature), chunk)
