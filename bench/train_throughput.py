@@ -378,13 +378,13 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[(len(ordered) - 1) // 2], "samples_per_second_per_round": [r["samples_per_second"] for r in runs]}
 
 
-def evaluate_targets(models: list[str], ours: dict[str, dict[str, Any]], peers: dict[str, dict[str, Any]],
-                     bf16: dict[str, dict[str, Any]], roofline: dict[str, Any]) -> list[dict[str, Any]]:
+def evaluate_targets(models: list[str], ours: dict[str, dict[str, Any]], bf16: dict[str, dict[str, Any]],
+                     roofline: dict[str, Any]) -> list[dict[str, Any]]:
     """Met / missed per target, from the measured figures (n/a where a side was not run)."""
     targets = []
     for name in (m for m in models if m in WITHOUT_BIG_MLP):
         peer_key = CONFIG[name]["peer"]
-        ratio = ours[name].get("vs_peer") if peer_key in peers else None
+        ratio = ours[name].get("vs_peer")  # None where the peer did not run
         nearest = "" if CONFIG[name]["like_for_like"] else " (nearest)"
         targets.append({"target": f"{name}: >= {TARGET_PEER_RATIO:g}x peer samples/s",
                         "peer": f"deepctr {peer_key}{nearest}", "measured": ratio, "shown": _x(ratio),
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-peer", dest="peer", action="store_false", help="skip DeepCTR-Torch even if installed")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for both sides (default: torch's default, the machine's cores)")
-    ap.add_argument("--repeats", type=int, default=3,
+    ap.add_argument("--repeats", type=int, default=None,
                     help="rounds per model, each ours then its peer (and bf16): samples/s are the median run, "
                          "ratios the median of the per-round ratios (default 3; --quick: 1)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON")
@@ -465,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown model(s) {unknown}; choose from {', '.join(ALL_MODELS)}")
     epochs = args.epochs if args.epochs is not None else (1 if args.quick else 3)
-    if args.quick and "--repeats" not in (sys.argv[1:] if argv is None else argv):
-        args.repeats = 1
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
     if str(ROOT) not in sys.path:  # tasks.* and tests.conftest from the repository
@@ -573,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra in peers_by_model[name]:
             rows.append({**peers_by_model[name][extra], "label": f"  {extra} ~", "vs_peer": None})
 
-    targets = evaluate_targets(models, ours, peers, bf16, roofline)
+    targets = evaluate_targets(models, ours, bf16, roofline)
     print_report(rows, roofline, targets, peer_note, data_rows, epochs, args.batch_size)
     if dctr is not None:
         print("~ = not the same model: see 'peer_notes' in the JSON "

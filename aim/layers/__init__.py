@@ -1,6 +1,6 @@
 """Shared layers: embeddings, interaction functions, MLP, attention. Models are built from these."""
 
-from aim.layers.attention import AttentionNet, MultiHeadSelfAttention, attentive_pair_sum
+from aim.layers.attention import AttentionNet, MultiHeadSelfAttention, attentive_pair_sum, masked_softmax
 from aim.layers.dropout import Dropout, dropout_mask
 from aim.layers.embedding import FieldEmbedding, FieldLinear, NumericEmbedding, PrunedFieldEmbedding, masked_mean
 from aim.layers.gate import gated_batch_norm
@@ -37,5 +37,6 @@ __all__ = [
     "gather_fields",
     "gated_batch_norm",
     "masked_mean",
+    "masked_softmax",
     "pair_index",
 ]

@@ -137,7 +137,7 @@ class _AttentivePairSum(torch.autograd.Function):
             logits = torch.mv(hidden.relu_(), score).view(m, c)
             if temperature != 1.0:
                 logits.div_(temperature)
-            a = _masked_softmax0(logits, None if mask is None else mask[:, start:stop])
+            a = masked_softmax(logits, None if mask is None else mask[:, start:stop], dim=0)
             weights[:, start:stop] = a
             torch.sum(a.mul_(torch.mul(products, values3, out=other).sum(-1)), 0, out=out[start:stop])
         ctx.save_for_backward(by_field, pairs, weight, bias, score, values, keep, weights)
@@ -199,11 +199,16 @@ class _AttentivePairSum(torch.autograd.Function):
         return grad_by_field, None, grad_weight_t.t(), grad_bias, grad_score, grad_values, None, None, None, None
 
 
-def _masked_softmax0(logits: Tensor, mask: Tensor | None) -> Tensor:
-    """Softmax over dim 0 restricted to ``mask``; a column with nothing unmasked gets all-zero weights."""
+def masked_softmax(logits: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
+    """Softmax over ``dim``, restricted to ``mask``; a slice with nothing unmasked gets all-zero weights.
+
+    Masked logits are set to the dtype's minimum rather than -inf, so a fully masked slice gives a finite
+    uniform softmax (then zeroed) instead of NaN, and gradients stay finite.
+    """
     if mask is None:
-        return torch.softmax(logits, 0)
-    return torch.softmax(logits.masked_fill(~mask, torch.finfo(logits.dtype).min), 0).mul_(mask)
+        return torch.softmax(logits, dim)
+    logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+    return torch.softmax(logits, dim) * mask
 
 
 def attentive_pair_sum(

@@ -3,7 +3,7 @@
 ``y = w_0 + sum_i w_i + p^T sum_{i<j} a_ij (e_i ⊙ e_j)`` (eq. 6), with ``a_ij`` a softmax over the pairs of a
 one-layer attention network (eq. 5). Pairs are over fields; a multi-valued field enters as its pooled vector.
 
-The helpers here (``present_fields``, ``pair_mask``, ``masked_softmax``) are shared with ``ifm.py``.
+The helpers here (``present_fields``, ``pair_mask``) are shared with ``ifm.py``.
 """
 
 from __future__ import annotations
@@ -37,18 +37,6 @@ def pair_mask(present: Tensor | None, pairs: Tensor) -> Tensor | None:
     if present is None:
         return None
     return present.index_select(1, pairs[:, 0]) & present.index_select(1, pairs[:, 1])
-
-
-def masked_softmax(logits: Tensor, mask: Tensor | None) -> Tensor:
-    """Softmax over the last dim, restricted to ``mask``; a row with nothing unmasked gets all-zero weights.
-
-    Masked logits are set to the dtype's minimum rather than -inf, so a fully masked row gives a finite
-    uniform softmax (then zeroed) instead of NaN, and gradients stay finite.
-    """
-    if mask is None:
-        return torch.softmax(logits, -1)
-    logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
-    return torch.softmax(logits, -1) * mask
 
 
 @register("afm")

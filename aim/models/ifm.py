@@ -25,8 +25,17 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import MLP, AttentionNet, Dropout, FieldLinear, attentive_pair_sum, elementwise_products, pair_index
-from aim.models.afm import masked_softmax, pair_mask, present_fields
+from aim.layers import (
+    MLP,
+    AttentionNet,
+    Dropout,
+    FieldLinear,
+    attentive_pair_sum,
+    elementwise_products,
+    masked_softmax,
+    pair_index,
+)
+from aim.models.afm import pair_mask, present_fields
 from aim.models.base import CTRModel, register
 
 SampleInference = Literal["all", "top"]
