@@ -36,6 +36,7 @@ from tasks.config import GRDASection, Params, overlay
 from tasks.tracking import Tracker, TrackerCallback
 
 MODELS_DIR = Path("models")
+INFERENCE_PASSES = 3
 
 
 def load_fields(feature_map: dict[str, Any]) -> list[FieldSpec]:
@@ -164,10 +165,15 @@ def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData
     result = trainer.fit(splits["train"], splits["valid"])
 
     test = splits["test"]
-    predict(net, test.slice(0, 1024), config.eval_batch_size, precision=config.precision)  # warm-up
-    start = time.perf_counter()
-    probabilities = predict(net, test, config.eval_batch_size, precision=config.precision)
-    inference = time.perf_counter() - start
+    # Inference time: the best of three passes over the test split, after a warm-up on a full batch. One pass
+    # after a 1,024-row warm-up gave 0.746 and 0.804 s per 100k rows for the same ml-100k retrained model in
+    # two runs, and the evaluate table compares such figures across models.
+    predict(net, test.slice(0, config.eval_batch_size), config.eval_batch_size, precision=config.precision)
+    inference = math.inf
+    for _ in range(INFERENCE_PASSES):
+        start = time.perf_counter()
+        probabilities = predict(net, test, config.eval_batch_size, precision=config.precision)
+        inference = min(inference, time.perf_counter() - start)
     scores = metrics(test.label.cpu().numpy(), probabilities)
     checkpoint.remove()  # finished: the next run starts afresh
     print(f"{name}: test AUC {scores['auc']:.5f}, logloss {scores['logloss']:.5f} "

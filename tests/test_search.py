@@ -139,6 +139,51 @@ def test_pruned_embedding_keeps_the_searched_positions_and_really_has_fewer_para
         PrunedFieldEmbedding(FIELDS, 4, [[2, 0], [], [], []])
 
 
+def _compact_by_the_layout(pruned: PrunedFieldEmbedding, batch: CTRData) -> torch.Tensor:
+    """[B, sum d, T] straight from the documented layout: field f's code c, slot s is row base_f + c * d_f + s;
+    a multi-valued field averages its non-padding codes. Plain indexing, field by field: the reference."""
+    columns, base, single, multi = [], 0, iter(batch.single.t()), iter(batch.multi)
+    for f, positions in zip(FIELDS, pruned.kept, strict=True):
+        size, codes = len(positions), (next(multi) if f.multi_valued else next(single)).long()
+        rows = base + codes.unsqueeze(-1) * size + torch.arange(size)  # [B, size] or [B, L, size]
+        values = pruned.weight[rows]
+        if f.multi_valued:
+            mask = (codes != 0).float()[..., None, None]
+            values = (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+        columns.append(values)
+        base += f.vocab_size * size
+    return torch.cat(columns, 1)
+
+
+@pytest.mark.parametrize("kept_dims", [[[0, 2, 3], [1], [1, 3], [0, 1, 2, 3]], [[0], [], [], [2, 3]],
+                                       [[0, 1, 2, 3]] * 4])
+def test_pruned_compact_and_its_gradients_follow_the_layout(kept_dims):
+    """compact (one gather for the single-valued fields, whole blocks for a multi-valued one, written in place)
+    against plain indexing of the layout, with the multi-valued field kept, pruned away, or whole."""
+    torch.manual_seed(0)
+    pruned = PrunedFieldEmbedding(FIELDS, 4, kept_dims, tables=3)
+    batch = _batch()
+    batch.multi[0][:4] = 0  # rows with no codes at all: their pooled values are 0
+    compact, reference = pruned.compact(batch), _compact_by_the_layout(pruned, batch)
+    assert torch.equal(compact, reference)
+    upstream = torch.randn_like(compact)
+    got = torch.autograd.grad((compact * upstream).sum(), pruned.weight)[0]
+    want = torch.autograd.grad((_compact_by_the_layout(pruned, batch) * upstream).sum(), pruned.weight)[0]
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("tables", [1, 2, 3, 4])
+def test_last_dim_mean_is_mean_to_the_bit_forward_and_backward(tables):
+    from aim.layers import last_dim_mean
+
+    x = torch.randn(300, 17, tables, dtype=torch.float32, requires_grad=True)
+    upstream = torch.randn(300, 17)
+    assert torch.equal(last_dim_mean(x), x.mean(-1))
+    ours = torch.autograd.grad((last_dim_mean(x) * upstream).sum(), x)[0]
+    theirs = torch.autograd.grad((x.mean(-1) * upstream).sum(), x)[0]
+    assert torch.equal(ours, theirs)
+
+
 def test_pruned_embedding_builds_full_vectors_only_for_the_fields_asked():
     kept_dims = [[0, 2, 3], [1], [0, 1, 2, 3], []]
     every = PrunedFieldEmbedding(FIELDS, 4, kept_dims)

@@ -2,7 +2,14 @@
 
 from aim.layers.attention import AttentionNet, MultiHeadSelfAttention, attentive_pair_sum, masked_softmax
 from aim.layers.dropout import Dropout, dropout_mask
-from aim.layers.embedding import FieldEmbedding, FieldLinear, NumericEmbedding, PrunedFieldEmbedding, masked_mean
+from aim.layers.embedding import (
+    FieldEmbedding,
+    FieldLinear,
+    NumericEmbedding,
+    PrunedFieldEmbedding,
+    last_dim_mean,
+    masked_mean,
+)
 from aim.layers.gate import gated_batch_norm
 from aim.layers.interaction import (
     FUNCTIONS,
@@ -36,6 +43,7 @@ __all__ = [
     "elementwise_products",
     "gather_fields",
     "gated_batch_norm",
+    "last_dim_mean",
     "masked_mean",
     "masked_softmax",
     "pair_index",

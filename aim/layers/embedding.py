@@ -39,6 +39,29 @@ class _RowLookup(torch.autograd.Function):
         return None, grad_weight.index_add_(0, index.reshape(-1), grad.reshape(-1, width))
 
 
+class _LastDimMean(torch.autograd.Function):
+    """``x.mean(-1)`` for a short last dim (the T tables of ``PrunedFieldEmbedding.compact``), as T - 1 adds of
+    strided slices: the same numbers as ``mean`` on CPU (it adds them in order too; tests check), 1.3 against
+    2.9 ms at [10000, 90, 4]. The backward is ``mean``'s, ``grad / T`` spread over the T."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.size = x.shape[-1]
+        total = x[..., 0].clone() if ctx.size == 1 else x[..., 0] + x[..., 1]
+        for i in range(2, ctx.size):
+            total += x[..., i]
+        return total.div_(ctx.size)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return (grad / ctx.size).unsqueeze(-1).expand(*grad.shape, ctx.size)
+
+
+def last_dim_mean(x: Tensor) -> Tensor:
+    """``x.mean(-1)``, faster on CPU for a short last dim (``_LastDimMean``); ``mean`` itself elsewhere."""
+    return _LastDimMean.apply(x) if x.device.type == "cpu" else x.mean(-1)
+
+
 def lookup(weight: Tensor, index: Tensor) -> Tensor:
     """The rows ``weight[index]`` ([*index.shape, dim]); on CPU with the faster backward of ``_RowLookup``.
 
@@ -160,10 +183,6 @@ class PrunedFieldEmbedding(nn.Module):
         # Column s of `compact` is slot slot_of[s] of field field_of[s].
         field_of = torch.repeat_interleave(torch.arange(len(self.fields)), sizes)
         slot_of = torch.cat([torch.arange(int(s)) for s in sizes] + [torch.zeros(0, dtype=torch.int64)])
-        self.register_buffer("slot_of", slot_of, persistent=False)
-        # Where column s starts reading: field_of[s]'s table, rows of sizes[field_of[s]] numbers.
-        self.register_buffer("column_base", (torch.cumsum(table_size, 0) - table_size)[field_of], persistent=False)
-        self.register_buffer("column_size", sizes[field_of], persistent=False)
         if full_fields is None:
             full_fields = range(len(self.fields))
         full_fields = list(full_fields)
@@ -187,15 +206,17 @@ class PrunedFieldEmbedding(nn.Module):
                    for t, table_fields in enumerate(self.full_fields) for i in table_fields for p in range(dim)]
         self.register_buffer("scatter", torch.tensor(scatter, dtype=torch.int64), persistent=False)
         single = [i for i, f in enumerate(self.fields) if not f.multi_valued]
-        # The columns of each multi-valued field (in batch.multi order), found once here, not per batch.
-        multi_columns = [torch.nonzero(field_of == i).flatten() for i, f in enumerate(self.fields) if f.multi_valued]
-        for j, cols in enumerate(multi_columns):
-            self.register_buffer(f"multi_columns_{j}", cols, persistent=False)
-        self.num_multi = len(multi_columns)
+        base = torch.cumsum(table_size, 0) - table_size
+        # A multi-valued field's code c owns rows [base + c * size, base + (c + 1) * size) of `weight`: size * T
+        # numbers side by side, so its table is a [vocab, size * T] view of its own rows, and a row of codes is
+        # one gather of whole blocks (an index per number took 5x as long: ml-100k's genres, 19 codes x 10 x 4).
+        # (first row, vocabulary, size) per multi-valued field, in batch.multi order; its columns of `compact`
+        # are consecutive (columns go field by field).
+        self.multi_blocks = [(int(base[i]), f.vocab_size, int(sizes[i]), int(torch.nonzero(field_of == i)[0])
+                              if sizes[i] else 0) for i, f in enumerate(self.fields) if f.multi_valued]
         # Each single-valued field's table: where it starts and how long its rows are. A code's row starts at
         # base + code * size; column s reads that row's number slot_of[s]. The row starts are computed per
         # field ([B, fields]) and only then spread over the columns: one pass over [B, sum d] instead of five.
-        base = torch.cumsum(table_size, 0) - table_size
         self.register_buffer("single_base", base[single], persistent=False)
         self.register_buffer("single_size", sizes[single], persistent=False)
         # The column of batch.single behind each column of `compact`; a multi-valued field's columns point at an
@@ -205,23 +226,16 @@ class PrunedFieldEmbedding(nn.Module):
         source = column_of_field[field_of]
         self.register_buffer("source_column", source, persistent=False)
         self.register_buffer("single_slot", slot_of * (source < len(single)), persistent=False)
-        self.register_buffer("column_base", base[field_of], persistent=False)
-        self.register_buffer("column_size", sizes[field_of], persistent=False)
+        self.has_multi = len(single) < len(self.fields)
 
-
-    def lookup_index(self, batch: CTRData) -> tuple[Tensor, list[Tensor]]:
-        """The row of ``weight`` behind each number of ``compact``: [B, sum d] for the single-valued fields, and
-        [B, L, d_i] per multi-valued field."""
+    def single_rows(self, batch: CTRData) -> Tensor:
+        """[B, sum d]: the row of ``weight`` behind each number of ``compact`` (multi-valued fields' columns: row 0,
+        a placeholder)."""
         starts = batch.single.to(torch.int64) * self.single_size + self.single_base  # [B, single fields]
-        if self.num_multi:
+        if self.has_multi:
             starts = torch.cat([starts, starts.new_zeros(starts.shape[0], 1)], 1)
-        single = starts.index_select(1, self.source_column) + self.single_slot
-        multi = []
-        for j in range(self.num_multi):
-            cols = getattr(self, f"multi_columns_{j}")  # the buffer, on the module's device
-            codes = batch.multi[j].to(torch.int64).unsqueeze(-1)  # [B, L, 1]
-            multi.append(self.column_base[cols] + codes * self.column_size[cols] + self.slot_of[cols])
-        return single, multi
+        # gather, not index_select along dim 1: 0.5 against 2.9 ms for [10000, 9] -> [10000, 90] on CPU
+        return torch.gather(starts, 1, self.source_column.expand(len(starts), -1)) + self.single_slot
 
     def forward(self, batch: CTRData) -> tuple[Tensor, list[Tensor]]:
         compact = self.compact(batch)
@@ -237,12 +251,12 @@ class PrunedFieldEmbedding(nn.Module):
     def compact(self, batch: CTRData) -> Tensor:
         """[B, sum d, T]: the kept numbers of every field and table; number s of table t is column s * T + t of
         its [B, sum d * T] view."""
-        single, multi = self.lookup_index(batch)
-        compact = lookup(self.weight, single)  # [B, sum d, T]; multi-valued columns are filled below
-        for j, idx in enumerate(multi):
-            cols = getattr(self, f"multi_columns_{j}")
-            if len(cols) == 0:  # the field kept no dimension
+        compact = lookup(self.weight, self.single_rows(batch))  # [B, sum d, T]; multi-valued columns below
+        for (first, vocab, size, column), codes in zip(self.multi_blocks, batch.multi, strict=True):
+            if size == 0:  # the field kept no dimension
                 continue
-            pooled = masked_mean(lookup(self.weight, idx), batch.multi[j] != PADDING)
-            compact = compact.index_copy(1, cols, pooled)
+            blocks = self.weight[first:first + vocab * size].view(vocab, size * self.tables)
+            pooled = masked_mean(lookup(blocks, codes), codes != PADDING)  # [B, size * T]
+            # In place: index_copy copied all of compact for one field's columns (2.5 ms of ml-100k's 8).
+            compact[:, column:column + size] = pooled.view(-1, size, self.tables)
         return compact

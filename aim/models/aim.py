@@ -26,7 +26,15 @@ import torch
 from torch import Tensor, nn
 
 from aim.data import CTRData, FieldSpec
-from aim.layers import MLP, CompactInteraction, FieldEmbedding, FieldLinear, PrunedFieldEmbedding, gated_batch_norm
+from aim.layers import (
+    MLP,
+    CompactInteraction,
+    FieldEmbedding,
+    FieldLinear,
+    PrunedFieldEmbedding,
+    gated_batch_norm,
+    last_dim_mean,
+)
 from aim.layers import Interaction as InteractionLayer
 from aim.models.base import CTRModel, register
 from aim.search.architecture import Interaction, all_pairs
@@ -159,7 +167,7 @@ class AIM(CTRModel):
         tables = len(self.table_names)
         if isinstance(self.tables, PrunedFieldEmbedding):
             kept = self.tables.compact(batch)  # [B, sum d, T]
-            compact = kept[..., 0] if tables == 1 else kept.mean(-1)
+            compact = kept[..., 0] if tables == 1 else last_dim_mean(kept)
             return dict.fromkeys(self.table_names, kept.flatten(1)), compact
         e = self.tables(batch)
         e = e.view(e.shape[0], e.shape[1], tables, self.embedding_dim)  # [B, n, T, d]
