@@ -16,7 +16,7 @@ import torch
 from aim.data import CTRData, FieldSpec
 from aim.layers import attentive_pair_sum, dropout_mask
 from aim.models import MODELS, build_model, hyperparameters
-from aim.search import all_pairs
+from aim.search import Interaction, all_pairs
 from aim.train import TrainConfig, Trainer, predict
 from tests.test_pair_attention import plain, setup
 
@@ -58,20 +58,17 @@ def gradients(model: torch.nn.Module, batch: CTRData) -> tuple[torch.Tensor, dic
     return logits.detach().cpu(), {n: p.grad.detach().cpu() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("name", sorted(set(MODELS) - {"aim", "deepfm_if", "ipnn_if"}))
-def test_every_model_computes_on_cuda_as_on_cpu(name: str) -> None:
+def assert_like_cpu(model: torch.nn.Module, name: str) -> None:
     """Logits and every gradient on CUDA are within rounding of the float64 result, as CPU float32's are.
 
     The bound is relative to CPU float32's own error (plus a floor), not a fixed tolerance: a deep model with batch
     norm is ill-conditioned at some units (IPNN's second layer loses 4e-4 of 0.013 in float32 on CPU), while a
     device-specific bug would be off by far more than rounding.
     """
-    torch.manual_seed(0)
-    model = build_model(name, FIELDS, embedding_dim=4, embedding_l2=0.01, **no_dropout(name))
     # Not the default 1e-4 initialisation: its products are ~1e-8, so the logits would be ~1e-4 and any
     # absolute tolerance would pass whatever the device computed.
     for module in model.modules():
-        if type(module).__name__ == "FieldEmbedding":
+        if type(module).__name__ in ("FieldEmbedding", "PrunedFieldEmbedding"):
             torch.nn.init.normal_(module.weight, std=0.5)
     batch = data()
     exact = gradients(copy.deepcopy(model).double(), batch)
@@ -84,6 +81,24 @@ def test_every_model_computes_on_cuda_as_on_cpu(name: str) -> None:
         cuda_error = (cuda.double() - truth).abs().max().item()
         bound = 10 * cpu_error + 1e-6 * truth.abs().max().item() + 1e-9
         assert cuda_error <= bound, f"{name} {key}: CUDA off by {cuda_error:.3g}, CPU float32 by {cpu_error:.3g}"
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"aim", "deepfm_if", "ipnn_if"}))
+def test_every_model_computes_on_cuda_as_on_cpu(name: str) -> None:
+    torch.manual_seed(0)
+    assert_like_cpu(build_model(name, FIELDS, embedding_dim=4, embedding_l2=0.01, **no_dropout(name)), name)
+
+
+def test_the_retrained_aim_computes_on_cuda_as_on_cpu() -> None:
+    """The retrain stage's model: pruned tables (the multi-valued field partly kept), all four functions read from
+    the kept numbers, gates as attention, an MLP."""
+    kept_dims = [[0, 2, 3], [1, 3], [0, 1, 2, 3], [2], [0, 1]]  # field 1 is the multi-valued one
+    chosen = [Interaction(f, fn, 0.5) for fn in ("inner", "outer", "vector_kernel", "scalar_kernel")
+              for f in [(0, 1), (1, 2), (2, 4), (0, 3, 4)]]
+    torch.manual_seed(0)
+    model = build_model("aim", FIELDS, interactions=chosen, kept_dims=kept_dims, embedding_dim=4,
+                        hidden_units=(16, 16), dropout=0.0)
+    assert_like_cpu(model, "aim retrain")
 
 
 def test_the_aim_search_step_moves_the_same_gates_on_cuda() -> None:
