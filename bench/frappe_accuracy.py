@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from aim.models import CTRModel, build_model
-from aim.train import TrainConfig, Trainer, evaluate
+from aim.train import EpochRecord, TrainConfig, Trainer, evaluate
 from bench.train_throughput import SEED, build_frappe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +56,18 @@ CONFIGS: dict[str, tuple[dict, dict, str]] = {
                       "use_scale": True, "layer_norm": True, "hidden_units": [400, 400, 400], "dropout": 0.1,
                       "batch_norm": True}, {}, "BARS AutoInt+_frappe_x1"),
 }
+
+
+class EpochLog:
+    """One line per epoch on stderr: the slow models (AutoInt+ at BARS' config) train for most of an hour."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
+        print(f"  {self.name} epoch {record.epoch:3d}: valid AUC {record.valid_auc:.5f}, lr {record.lr:.0e}, "
+              f"{record.seconds:.0f} s, {record.samples_per_second:,.0f} samples/s{'  *' if record.improved else ''}",
+              file=sys.stderr, flush=True)
 
 
 def known_models(names: str) -> list[str]:
@@ -102,7 +114,7 @@ def main() -> None:
             hparams, train, note = CONFIGS[name]
             model, config = frappe_run(name, fields, SEED, args.max_epochs)
             start = time.perf_counter()
-            result = Trainer(model, config).fit(data["train"], data["valid"])
+            result = Trainer(model, config, callbacks=[EpochLog(name)]).fit(data["train"], data["valid"])
             scores = evaluate(model, data["test"])
             row = {
                 "test_auc": round(scores["auc"], 5), "test_logloss": round(scores["logloss"], 5),

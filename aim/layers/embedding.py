@@ -210,8 +210,8 @@ class PrunedFieldEmbedding(nn.Module):
         # A multi-valued field's code c owns rows [base + c * size, base + (c + 1) * size) of `weight`: size * T
         # numbers side by side, so its table is a [vocab, size * T] view of its own rows, and a row of codes is
         # one gather of whole blocks (an index per number took 5x as long: ml-100k's genres, 19 codes x 10 x 4).
-        # (first row, vocabulary, size) per multi-valued field, in batch.multi order; its columns of `compact`
-        # are consecutive (columns go field by field).
+        # (first row, vocabulary, size, first column of `compact`) per multi-valued field, in batch.multi order;
+        # a field's columns are consecutive (columns go field by field).
         self.multi_blocks = [(int(base[i]), f.vocab_size, int(sizes[i]), int(torch.nonzero(field_of == i)[0])
                               if sizes[i] else 0) for i, f in enumerate(self.fields) if f.multi_valued]
         # Each single-valued field's table: where it starts and how long its rows are. A code's row starts at
