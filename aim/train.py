@@ -54,9 +54,10 @@ def keep_freed_memory() -> bool:
 
     Torch allocates every intermediate of a CPU training step afresh and frees it by the end of the step. By
     default glibc serves the larger ones with new mappings and hands a freed heap top back to the OS, so each step
-    fills its [4096, 400] activations into new pages: 2,200-5,300 page faults per training step of a
-    [400, 400, 400] MLP at batch 4096 here, 80-480 with this (four processes of each), and a DeepFM step 15 % faster in
-    alternating runs of the two settings (medians of 77-85 ms against 82-112 ms per batch, four runs each).
+    fills its [4096, 400] activations into new pages: a median 2,761 page faults per training step of a
+    [400, 400, 400] MLP at batch 4096 here, 180 with this (``bench.page_faults``; the counts swing widely between
+    runs), and a DeepFM step 15 % faster in alternating runs of the two settings (medians of 77-85 ms against
+    82-112 ms per batch, four runs each).
     The cost: the process's memory stays at its high-water mark instead of shrinking between steps. It is a
     process-wide setting (like ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the environment, which
     do the same). Returns whether glibc's ``mallopt`` was found (other C libraries: nothing is changed).

@@ -1,5 +1,6 @@
 """aim.train: it learns what is there, stops early keeping the best weights, and resumes exactly."""
 
+import ctypes
 import io
 import platform
 import subprocess
@@ -121,36 +122,50 @@ def test_a_trainer_turns_mkls_dynamic_thread_count_off(planted) -> None:
     assert library.mkl_serv_get_dynamic() == 0 and fix_mkl_threads()
 
 
-FAULTS_PER_STEP = """
-import resource, sys, torch
-from aim.layers import MLP
+MALLOC_OF_8_MB = """
+import ctypes, sys
 from aim.train import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-torch.manual_seed(0)
-mlp = MLP(100, [400, 400, 400], dropout=0.2, batch_norm=True)
-optimizer = torch.optim.Adam(mlp.parameters())
-x = torch.randn(4096, 100)
-for step in range(13):
-    if step == 3:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    optimizer.zero_grad()
-    mlp(x).sum().backward()
-    optimizer.step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+before = libc.mallinfo2()
+block = libc.malloc(8 << 20)
+during = libc.mallinfo2()
+libc.free(block)
+after = libc.mallinfo2()
+print(during.hblkhd - before.hblkhd, during.uordblks - before.uordblks, after.arena - during.arena, after.fordblks)
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's malloc")
-def test_keeping_freed_memory_spares_the_page_faults_of_each_training_step() -> None:
-    """Minor page faults per MLP training step (batch 4096), in fresh processes: glibc's default vs kept memory."""
-    def faults(setting: str) -> float:
-        run = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, setting], capture_output=True, text=True,
-                             check=True, cwd=Path(__file__).resolve().parent.parent)
-        return float(run.stdout.split()[-1])
+def test_keeping_freed_memory_serves_an_8_mb_block_from_the_heap_and_keeps_it_after_free() -> None:
+    """glibc's own accounting (mallinfo2), in fresh processes: where an 8 MB block comes from, and where it goes.
 
-    default, kept = faults("default"), faults("keep")
-    assert kept * 3 < default, (default, kept)  # measured here: 2,200-5,300 against 80-480
+    The page faults this saves per training step are measured by ``bench.page_faults``: a count that varies
+    too much between runs and machines to assert on (CI once counted 797 against 960).
+    """
+    def malloc_of_8_mb(setting: str) -> list[int]:
+        run = subprocess.run([sys.executable, "-c", MALLOC_OF_8_MB, setting], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parent.parent)
+        return [int(v) for v in run.stdout.split()[-4:]]
+
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("glibc before 2.33 has no mallinfo2")
+    mapped, _, _, _ = malloc_of_8_mb("default")
+    if mapped < 8 << 20:
+        pytest.skip("malloc here is not glibc's with its defaults (an 8 MB block was not mmapped)")
+    mapped, heap_in_use, heap_change_on_free, free_in_heap = malloc_of_8_mb("keep")
+    assert mapped == 0  # not a fresh mapping, whose pages would fault anew at each step...
+    assert heap_in_use >= 8 << 20  # ...but heap memory,
+    assert heap_change_on_free == 0 and free_in_heap >= 8 << 20  # which stays in the process, free for the next step
 
 
 def test_bf16_autocast_trains(planted) -> None:
