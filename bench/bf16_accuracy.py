@@ -1,6 +1,6 @@
 """Benchmark: bf16 autocast against fp32 at convergence, over several seeds, on the Frappe CTR set.
 
-    python -m bench.bf16_accuracy [--models deepfm,ipnn] [--seeds 3] [--max-epochs 100] [--out FILE]
+    python -m bench.bf16_accuracy [--models deepfm,ipnn] [--seeds 3] [--max-epochs 100] [--out FILE] [--resume]
 
 The model issue's bf16 target is "≥ 1.5× faster at equal AUC (within 0.0005)". bench/train_throughput.py
 measures the speed, but its AUC comes after 3 epochs, before either model has converged, so a gap there says
@@ -13,6 +13,11 @@ For each model it reports the mean test AUC of each precision, the mean of the p
 (bf16 − fp32, same seed), the seed-to-seed standard deviation of fp32 (what 0.0005 means next to the noise of
 the model itself), and the speed ratio (median over seeds of bf16 / fp32 train samples/s, measured in this
 one process). Run it on a quiet machine: the runs take turns, but other work on the cores moves the speeds.
+
+A run is long (AutoInt+ at BARS' config: about 25 min per seed and precision on 2 cores), and the results file
+is rewritten after every run. `--resume` keeps the runs already in --out (same machine and settings, checked)
+and trains only the missing (model, seed, precision) triples, so `--seeds 3 --resume` after `--seeds 1` adds
+seeds 1 and 2 and summarizes all three.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch
 
 from aim.train import Trainer, evaluate
 from bench.frappe_accuracy import frappe_run, known_models
-from bench.train_throughput import build_frappe
+from bench.train_throughput import build_frappe, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_SPEEDUP, TARGET_AUC = 1.5, 0.0005
@@ -64,25 +69,42 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def previous_runs(path: Path, setup: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of an earlier invocation that wrote `path`, if it ran on this machine with these settings."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    for key in ("machine", "cpu", "torch_threads", "batch_size", "embedding_dim", "early_stopping"):
+        if key in old["setup"] and old["setup"][key] != setup[key]:  # files from before "cpu" was recorded lack it
+            raise SystemExit(f"--resume: {path} was written with setup.{key} = {old['setup'].get(key)!r}, this run "
+                             f"has {setup[key]!r}; its runs cannot be pooled with these. Use another --out.")
+    print(f"--resume: keeping {len(old['runs'])} runs from {path}", flush=True)
+    setup["resumed_from"] = old["setup"]["command"]
+    return old["runs"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="deepfm,ipnn")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--max-epochs", type=int, default=100)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/bf16_accuracy.json")
+    ap.add_argument("--resume", action="store_true", help="keep the runs already in --out, train only the rest")
     args = ap.parse_args()
     models = known_models(args.models)
     setup = {"command": "python -m bench.bf16_accuracy " + " ".join(sys.argv[1:]),
              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                        f"torch {torch.__version__}",
+                        f"torch {torch.__version__}", "cpu": machine_info()["cpu_model"],
              "torch_threads": torch.get_num_threads(), "batch_size": 4096, "embedding_dim": 10,
              "early_stopping": f"patience 2 on validation AUC, lr x0.1 per epoch without gain, max {args.max_epochs}"}
-    runs: list[dict[str, Any]] = []
+    runs = previous_runs(args.out, setup) if args.resume else []
     with tempfile.TemporaryDirectory() as tmp:
         fields, data = build_frappe(Path(tmp))
         for name in models:
             for seed in range(args.seeds):
                 for precision in PRECISIONS:
+                    if any((r["model"], r["seed"], r["precision"]) == (name, seed, precision) for r in runs):
+                        continue
                     model, config = frappe_run(name, fields, seed, args.max_epochs, precision)
                     start = time.perf_counter()
                     result = Trainer(model, config).fit(data["train"], data["valid"])
