@@ -69,6 +69,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from aim.layers.native import pair_kernel
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "train_throughput.json"
 SEED = 2024
@@ -144,7 +146,9 @@ def machine_info() -> dict[str, Any]:
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(), "mkldnn": torch.backends.mkldnn.is_available(),
             "numpy": np.__version__, "scikit_learn": sklearn.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+            "platform": platform.platform(),
+            # AFM's and IFM's pair term: the C++ kernel (aim/layers/native.py) or, with AIM_NATIVE=0, torch ops
+            "native_pair_kernel": pair_kernel() is not None}
 
 
 def cpu_busy(seconds: float = 0.5) -> float:

@@ -11,7 +11,6 @@ started again with the same params and data.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 
 from aim.models import build_model
 from tasks import tracking
-from tasks.common import METRICS, stage_main, write_json
+from tasks.common import METRICS, check_command_line, stage_main, write_json
 from tasks.config import ConfigError, Params
 from tasks.training import MODELS_DIR, load_encoded, save_model, save_predictions, train_and_test, train_config
 
@@ -51,13 +50,10 @@ def run(params: Params, model: str) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        print("usage: python -m tasks.baselines <model>   (a key of baselines.models in params.yaml)",
-              file=sys.stderr)
-        sys.exit(2)
-    stage_main(lambda params: run(params, argv[0]))
+def main() -> None:
+    model = check_command_line("python -m tasks.baselines <model>   (a key of baselines.models in params.yaml)", 1)[0]
+    stage_main(lambda params: run(params, model), checked=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -64,8 +64,29 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def stage_main(run: Callable[[Params], dict[str, Any]]) -> None:
-    """Entry point for ``python -m tasks.<stage>``: load params, run, turn known failures into exit 1."""
+def check_command_line(usage: str, arguments: int = 0) -> list[str]:
+    """The command line's arguments, if there are ``arguments`` of them; else the usage and exit 2 (exit 0 on
+    ``-h``/``--help``). A stage reads params.yaml, not its command line: an argument it would ignore (a flag meant
+    for something else, ``--help``) must not start a run."""
+    argv = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {usage}")
+        sys.exit(0)
+    if len(argv) != arguments:
+        print(f"usage: {usage}", file=sys.stderr)
+        sys.exit(2)
+    return argv
+
+
+def stage_main(run: Callable[[Params], dict[str, Any]], checked: bool = False) -> None:
+    """Entry point for ``python -m tasks.<stage>``: load params, run, turn known failures into exit 1.
+
+    ``checked``: the caller has checked the command line (a stage that takes a model name); else it must be empty.
+    """
+    if not checked:
+        module = getattr(sys.modules.get("__main__"), "__spec__", None)
+        stage = module.name if module else "tasks.<stage>"
+        check_command_line(f"python -m {stage}   (no arguments: it reads params.yaml in the working directory)")
     try:
         run(load_params())
     except (ConfigError, StageError, FileNotFoundError) as err:

@@ -335,9 +335,9 @@ class BaselinesConfig(Strict):
 
 
 class Params(Strict):
-    """The whole of params.yaml. Sections for later stages are kept but not interpreted here."""
+    """The whole of params.yaml; an unknown top-level key (a misspelled section) is an error, as within sections."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str
     seed: int = 2024

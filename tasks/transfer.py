@@ -10,14 +10,13 @@ writes ``metrics/transfer/deepfm_if.json``, ``models/transfer/deepfm_if.pt`` and
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
 
 from aim.models import build_model
 from tasks import tracking
-from tasks.common import GATES, METRICS, read_json, stage_main, write_json
+from tasks.common import GATES, METRICS, check_command_line, read_json, stage_main, write_json
 from tasks.config import ConfigError, Params
 from tasks.search_interaction import from_records
 from tasks.training import MODELS_DIR, load_encoded, save_model, save_predictions, train_and_test, train_config
@@ -50,12 +49,10 @@ def run(params: Params, model: str) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        print("usage: python -m tasks.transfer <model>   (a key of transfer.models in params.yaml)", file=sys.stderr)
-        sys.exit(2)
-    stage_main(lambda params: run(params, argv[0]))
+def main() -> None:
+    model = check_command_line("python -m tasks.transfer <model>   (a key of transfer.models in params.yaml)", 1)[0]
+    stage_main(lambda params: run(params, model), checked=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

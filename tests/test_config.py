@@ -32,6 +32,13 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
     assert str(path) in str(err.value) and "encode.min_cuont: unknown key" in str(err.value)
 
 
+def test_a_misspelled_section_is_named_not_ignored(tmp_path: Path) -> None:
+    """A top-level typo (``trian:``) would otherwise leave `train` at its defaults without a word."""
+    path = write(tmp_path, {**MINIMAL, "trian": {"lr": 0.1}})
+    with pytest.raises(ConfigError, match=r"trian: unknown key"):
+        load_params(path)
+
+
 def test_wrong_type_is_named(tmp_path: Path) -> None:
     path = write(tmp_path, {**MINIMAL, "encode": {"min_count": "many"}})
     with pytest.raises(ConfigError, match=r"encode\.min_count: .*integer"):
@@ -91,3 +98,18 @@ def test_a_bad_preset_override_is_named(tmp_path: Path) -> None:
     raw["datasets"]["t"]["overrides"] = {"search": {"grda": {"cc": 0.1}}}
     with pytest.raises(ConfigError, match=r"(?s)search\.grda\.cc: unknown key.*datasets\.t\.overrides"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["--help"], 0), (["--seed", "3"], 2)])
+def test_a_stage_refuses_arguments_instead_of_running(tmp_path: Path, argv: list[str], code: int) -> None:
+    """Stages read params.yaml only: `python -m tasks.generate --help` used to run the whole stage."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "tasks.generate", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == code
+    assert "usage: python -m tasks.generate" in done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing generated

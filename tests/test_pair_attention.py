@@ -1,4 +1,8 @@
-"""The fused attentive pair sum (AFM's and IFM's pair term) against autograd over its plain formula."""
+"""The fused attentive pair sum (AFM's and IFM's pair term) against autograd over its plain formula.
+
+Both of its CPU paths: the chunked torch ops and the native kernel (``aim/layers/native.py``), each checked
+against the formula; the kernel's tests skip where no C++ compiler can build it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,24 @@ import torch.nn.functional as F
 
 import aim.layers.attention as attention_module
 from aim.layers import AttentionNet, attentive_pair_sum, dropout_mask, pair_index
+from aim.layers.native import pair_kernel
+
+
+@pytest.fixture(params=["torch", "native"])
+def path(request, monkeypatch):
+    """Which CPU implementation ``attentive_pair_sum`` takes."""
+    if request.param == "torch":
+        monkeypatch.setattr(attention_module, "pair_kernel", lambda: None)
+    elif pair_kernel() is None:
+        pytest.skip("the native pair kernel did not build here (no C++ compiler, or AIM_NATIVE=0)")
+    return request.param
+
+
+def draw_keep(path, rows, pairs, dim, dropout, dtype):
+    """The dropout mask that ``attentive_pair_sum`` draws after the same seed, as [m, B, d]."""
+    if path == "native":  # the kernel's mask is rows first
+        return dropout_mask((rows, pairs, dim), dropout, dtype).transpose(0, 1)
+    return dropout_mask((pairs, rows, dim), dropout, dtype)
 
 
 def plain(embedded, pairs, attention, values, mask, temperature, keep):
@@ -40,16 +62,18 @@ def setup(rows=37, fields=6, dim=5, hidden=4, dtype=torch.float64, seed=0):
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("dropout", [0.0, 0.4])
-@pytest.mark.parametrize("chunk_elements", [1 << 18, 200])  # one chunk; chunks of 2 rows (and a ragged last one)
-def test_outputs_and_gradients_equal_autograd_of_the_formula(masked, dropout, chunk_elements, monkeypatch):
+# torch path: one chunk; chunks of 2 rows (and a ragged last one). Native: 16 hidden units take its unrolled loop.
+@pytest.mark.parametrize(("chunk_elements", "hidden"), [(1 << 18, 4), (200, 4), (1 << 18, 16)])
+def test_outputs_and_gradients_equal_autograd_of_the_formula(path, masked, dropout, chunk_elements, hidden,
+                                                             monkeypatch):
     monkeypatch.setattr(attention_module, "_CHUNK_ELEMENTS", chunk_elements)
-    embedded, pairs, attention, values, mask = setup()
+    embedded, pairs, attention, values, mask = setup(rows=150 if path == "native" else 37, hidden=hidden)
     mask = mask if masked else None
     temperature = 3.0
     torch.manual_seed(7)
     fused = attentive_pair_sum(embedded, pairs, attention, values, mask, temperature, dropout)
-    torch.manual_seed(7)  # the same draw of the dropout mask, [m, B, d]
-    keep = dropout_mask((pairs.shape[0], len(embedded), 5), dropout, torch.float64) if dropout else None
+    torch.manual_seed(7)  # the same draw of the dropout mask
+    keep = draw_keep(path, len(embedded), pairs.shape[0], 5, dropout, torch.float64) if dropout else None
     expected = plain(embedded, pairs, attention, values, mask, temperature, keep)
     torch.testing.assert_close(fused, expected)
     if masked:
@@ -64,15 +88,17 @@ def test_outputs_and_gradients_equal_autograd_of_the_formula(masked, dropout, ch
         assert b.abs().sum() > 0, name
 
 
-def test_gradcheck_with_a_mask_and_a_temperature(monkeypatch):
+def test_gradcheck_with_a_mask_and_a_temperature(path, monkeypatch):
     """Finite differences for the embeddings and values (the weights' gradients are checked against autograd above)."""
     monkeypatch.setattr(attention_module, "_CHUNK_ELEMENTS", 100)
     embedded, pairs, attention, values, mask = setup(rows=9, fields=4, dim=3, hidden=2)
     torch.autograd.gradcheck(lambda e, v: attentive_pair_sum(e, pairs, attention, v, mask, 0.7), (embedded, values))
 
 
-def test_a_multiple_of_16_wide_embedding_and_float32_match_too():
-    embedded, pairs, attention, values, mask = setup(dim=16, dtype=torch.float32)
+# 16 wide: the torch path's padding to 16 columns. 20 wide with 16 hidden units: the kernel's loops for d > 16.
+@pytest.mark.parametrize(("dim", "hidden"), [(16, 4), (20, 16)])
+def test_wider_embeddings_and_float32_match_too(path, dim, hidden):
+    embedded, pairs, attention, values, mask = setup(dim=dim, hidden=hidden, dtype=torch.float32)
     fused = attentive_pair_sum(embedded, pairs, attention, values, mask)
     expected = plain(embedded, pairs, attention, values, mask, 1.0, None)
     torch.testing.assert_close(fused, expected)
@@ -80,3 +106,38 @@ def test_a_multiple_of_16_wide_embedding_and_float32_match_too():
     want = torch.autograd.grad(expected.sum(), [embedded, values])
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_native_kernel_gives_the_same_bits_with_one_thread_or_two():
+    """Each block of 64 rows sums its weight gradients apart, and the blocks add up in their order: the thread
+    count does not change a bit (a run is reproducible across machines with other core counts)."""
+    if pair_kernel() is None:
+        pytest.skip("the native pair kernel did not build here (no C++ compiler, or AIM_NATIVE=0)")
+    embedded, pairs, attention, values, mask = setup(rows=1000, fields=8, dim=10, hidden=16, dtype=torch.float32)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch.manual_seed(3)
+            out = attentive_pair_sum(embedded, pairs, attention, values, mask, 2.0, 0.2)
+            params = [embedded, values, *attention.parameters()]
+            results.append([out, *torch.autograd.grad(out, params, torch.linspace(-1, 1, len(out)))])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_with_the_kernel_off_the_torch_path_runs(monkeypatch):
+    """AIM_NATIVE=0 is the switch a user has if the kernel misbehaves: the layer then takes the torch ops."""
+    import aim.layers.native as native
+
+    monkeypatch.setenv("AIM_NATIVE", "0")
+    assert not native.enabled()
+    native.pair_kernel.cache_clear()
+    try:
+        assert native.pair_kernel() is None
+    finally:
+        native.pair_kernel.cache_clear()
+        monkeypatch.delenv("AIM_NATIVE")

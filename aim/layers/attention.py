@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aim.layers.dropout import dropout_mask
+from aim.layers.native import BLOCK as _NATIVE_BLOCK
+from aim.layers.native import pair_kernel
 
 
 class AttentionNet(nn.Module):
@@ -206,6 +208,60 @@ class _AttentivePairSum(torch.autograd.Function):
         return grad_by_field, None, grad_weight_t.t(), grad_bias, grad_score, grad_values, None, None, None, None
 
 
+_NATIVE_MAX_WIDTH = 256  # d and t above this take the torch path (the kernel's stack arrays)
+
+
+def _address(tensor: Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+class _NativePairSum(torch.autograd.Function):
+    """``attentive_pair_sum`` by the C++ kernel (``csrc/attentive_pair_sum.cpp``), float32 or float64 on CPU.
+
+    Rows first ([B, n, d] embeddings, [B, m] mask, [B, m, d] dropout mask); the forward keeps the softmax weights
+    and the pairs' values [B, m] for the backward, which recomputes each pair's product and hidden layer.
+    """
+
+    @staticmethod
+    def forward(ctx, embedded, pairs, weight, bias, score, values, mask, keep, temperature):
+        lib, suffix = pair_kernel(), "f64" if embedded.dtype == torch.float64 else "f32"
+        batch, n, dim = embedded.shape
+        m, hidden_dim = pairs.shape[0], weight.shape[0]
+        left, right = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+        weight_t = weight.t().contiguous()  # [d, t]: a row of it is one input's weights to every hidden unit
+        out = embedded.new_empty(batch)
+        weights, pair_values = embedded.new_empty(batch, m), embedded.new_empty(batch, m)
+        getattr(lib, f"aim_pair_forward_{suffix}")(
+            embedded.data_ptr(), left.data_ptr(), right.data_ptr(), weight_t.data_ptr(), bias.data_ptr(),
+            score.data_ptr(), values.data_ptr(), _address(mask), _address(keep), temperature,
+            batch, n, m, dim, hidden_dim, torch.get_num_threads(), out.data_ptr(), weights.data_ptr(),
+            pair_values.data_ptr())
+        ctx.save_for_backward(embedded, left, right, weight_t, bias, score, values, keep, weights, pair_values)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        embedded, left, right, weight_t, bias, score, values, keep, weights, pair_values = ctx.saved_tensors
+        lib, suffix = pair_kernel(), "f64" if embedded.dtype == torch.float64 else "f32"
+        batch, n, dim = embedded.shape
+        m, hidden_dim = left.shape[0], weight_t.shape[1]
+        grad = grad.contiguous()
+        grad_embedded = torch.empty_like(embedded)
+        slot = dim * hidden_dim + 2 * hidden_dim + m * dim  # grad of weight_t, bias, score, values
+        slots = embedded.new_empty(-(-batch // _NATIVE_BLOCK) * slot)
+        grads = embedded.new_empty(slot)
+        getattr(lib, f"aim_pair_backward_{suffix}")(
+            embedded.data_ptr(), left.data_ptr(), right.data_ptr(), weight_t.data_ptr(), bias.data_ptr(),
+            score.data_ptr(), values.data_ptr(), _address(keep), ctx.temperature, batch, n, m, dim, hidden_dim,
+            torch.get_num_threads(), grad.data_ptr(), weights.data_ptr(), pair_values.data_ptr(),
+            grad_embedded.data_ptr(), slots.data_ptr(), grads.data_ptr())
+        grad_weight_t, grad_bias, grad_score, grad_values = grads.split(
+            [dim * hidden_dim, hidden_dim, hidden_dim, m * dim])
+        return (grad_embedded, None, grad_weight_t.view(dim, hidden_dim).t(), grad_bias, grad_score,
+                grad_values.view(m, dim), None, None, None)
+
+
 def masked_softmax(logits: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
     """Softmax over ``dim``, restricted to ``mask``; a slice with nothing unmasked gets all-zero weights.
 
@@ -241,19 +297,27 @@ def attentive_pair_sum(
     against autograd).
     """
     batch, _, dim = embedded.shape
-    m = pairs.shape[0]
+    m, hidden_dim = pairs.shape[0], attention.project.out_features
     values = values.expand(m, dim)
-    by_field = embedded.transpose(0, 1).contiguous()  # [n, B, d]
+    # On CPU the native kernel (aim/layers/native.py) when it is built; else the chunked torch ops below.
+    native = embedded.device.type == "cpu" and max(dim, hidden_dim) <= _NATIVE_MAX_WIDTH and pair_kernel() is not None
     keep = None
-    if dropout > 0:
-        keep = dropout_mask((m, batch, dim), dropout, embedded.dtype, embedded.device)
-    mask_t = None if mask is None else mask.t().contiguous()
+    if dropout > 0:  # the kernel reads a row's mask in one place, the torch path a pair's
+        shape = (batch, m, dim) if native else (m, batch, dim)
+        keep = dropout_mask(shape, dropout, embedded.dtype, embedded.device)
     params = (attention.project.weight, attention.project.bias, attention.score.weight.view(-1), values)
-    if embedded.device.type == "cpu":
-        chunk = max(1, _CHUNK_ELEMENTS // (m * max(dim, attention.project.out_features)))
-    else:
-        chunk = max(batch, 1)  # a GPU wants one big launch per op, not a loop
     with torch.autocast(embedded.device.type, enabled=False):  # small products: float32 costs nothing here
-        by_field = by_field.float() if by_field.dtype in (torch.bfloat16, torch.float16) else by_field
-        params = tuple(p.to(by_field.dtype) for p in params)
+        x = embedded.float() if embedded.dtype in (torch.bfloat16, torch.float16) else embedded
+        params = tuple(p.to(x.dtype) for p in params)
+        keep = None if keep is None else keep.to(x.dtype)
+        if native:
+            weight, bias, score, values = params
+            return _NativePairSum.apply(x.contiguous(), pairs, weight, bias, score, values.contiguous(),
+                                        None if mask is None else mask.contiguous(), keep, float(temperature))
+        if embedded.device.type == "cpu":
+            chunk = max(1, _CHUNK_ELEMENTS // (m * max(dim, hidden_dim)))
+        else:
+            chunk = max(batch, 1)  # a GPU wants one big launch per op, not a loop
+        by_field = x.transpose(0, 1).contiguous()  # [n, B, d]
+        mask_t = None if mask is None else mask.t().contiguous()
         return _AttentivePairSum.apply(by_field, pairs, *params, mask_t, keep, float(temperature), chunk)
