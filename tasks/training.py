@@ -82,6 +82,17 @@ def search_grda_c(grda: GRDASection, config: TrainConfig, train_rows: int, name:
     return c
 
 
+def library_version() -> str:
+    """A hash of the model library's source (``aim/``): a checkpoint trained by other code is not resumed."""
+    import aim
+
+    digest = hashlib.sha256()
+    root = Path(aim.__file__).parent
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".cpp")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def fingerprint(*parts: Any) -> str:
     """A short hash of settings and input files: a checkpoint is resumed only by the run that wrote it."""
     digest = hashlib.sha256()
@@ -150,10 +161,11 @@ def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData
     """
     track = [TrackerCallback(tracker)] if tracker is not None else []
     trainer = Trainer(net, config, callbacks=[History(REPORTS / f"{name}.csv", name), *track])
-    # The data by content (row counts, code and label sums), so a checkpoint never resumes on other data.
+    # The data by content (row counts, code and label sums), so a checkpoint never resumes on other data, and the
+    # library's code, so it never resumes weights that other code trained.
     data = [(len(d), int(d.single.sum()), float(d.label.sum()), [int(m.sum()) for m in d.multi])
             for d in splits.values()]
-    key = fingerprint(name, settings, dataclasses.asdict(config) | {"progress": None}, data)
+    key = fingerprint(name, settings, dataclasses.asdict(config) | {"progress": None}, data, library_version())
     checkpoint = Checkpoint(MODELS_DIR / "checkpoints" / f"{name}.ckpt", key)
     if checkpoint.restore(trainer):
         for callback in track:  # a resumed run is a new W&B run: it gets the epochs before the stop too

@@ -70,6 +70,28 @@ def test_a_stopped_run_resumes_from_its_checkpoint(encoded: Path, capsys: pytest
     assert resumed["test_auc"] == uninterrupted["test_auc"] and resumed["epochs"] == uninterrupted["epochs"]
 
 
+def test_a_checkpoint_of_other_library_code_is_not_resumed(encoded: Path, capsys: pytest.CaptureFixture) -> None:
+    """A change in aim/ makes DVC re-run the stage; a checkpoint left by the old code must not come back."""
+    import tasks.training as training
+
+    params = params_with(fm={})
+    original = Checkpoint.on_epoch_end
+
+    def crash_after_first_epoch(self, trainer, record):
+        original(self, trainer, record)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Checkpoint, "on_epoch_end", crash_after_first_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            baselines.run(params, "fm")
+    assert Path("models/checkpoints/baselines/fm.ckpt").exists()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "library_version", lambda: "other code")
+        baselines.run(params, "fm")
+    assert "resuming" not in capsys.readouterr().out
+
+
 def test_bad_model_settings_are_named(encoded: Path) -> None:
     with pytest.raises(ConfigError, match=r"baselines.models.fm: model 'fm' has no hyper-parameter 'hidden_units'"):
         baselines.run(params_with(fm={"hidden_units": [8]}), "fm")
