@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aim.layers.dropout import dropout_mask
-from aim.layers.native import BLOCK as _NATIVE_BLOCK
 from aim.layers.native import pair_kernel
 
 
@@ -208,9 +207,6 @@ class _AttentivePairSum(torch.autograd.Function):
         return grad_by_field, None, grad_weight_t.t(), grad_bias, grad_score, grad_values, None, None, None, None
 
 
-_NATIVE_MAX_WIDTH = 256  # d and t above this take the torch path (the kernel's stack arrays)
-
-
 def _address(tensor: Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
@@ -249,7 +245,7 @@ class _NativePairSum(torch.autograd.Function):
         grad = grad.contiguous()
         grad_embedded = torch.empty_like(embedded)
         slot = dim * hidden_dim + 2 * hidden_dim + m * dim  # grad of weight_t, bias, score, values
-        slots = embedded.new_empty(-(-batch // _NATIVE_BLOCK) * slot)
+        slots = embedded.new_empty(-(-batch // lib.block_rows) * slot)
         grads = embedded.new_empty(slot)
         getattr(lib, f"aim_pair_backward_{suffix}")(
             embedded.data_ptr(), left.data_ptr(), right.data_ptr(), weight_t.data_ptr(), bias.data_ptr(),
@@ -300,7 +296,8 @@ def attentive_pair_sum(
     m, hidden_dim = pairs.shape[0], attention.project.out_features
     values = values.expand(m, dim)
     # On CPU the native kernel (aim/layers/native.py) when it is built; else the chunked torch ops below.
-    native = embedded.device.type == "cpu" and max(dim, hidden_dim) <= _NATIVE_MAX_WIDTH and pair_kernel() is not None
+    lib = pair_kernel() if embedded.device.type == "cpu" else None
+    native = lib is not None and max(dim, hidden_dim) <= lib.max_width  # wider: the torch path
     keep = None
     if dropout > 0:  # the kernel reads a row's mask in one place, the torch path a pair's
         shape = (batch, m, dim) if native else (m, batch, dim)

@@ -35,7 +35,6 @@ _FORWARD = [_P] * 9 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 3
 # (emb, left, right, wt, bias, score, values, keep, temperature, batch, n, m, d, t, threads,
 #  grad, weights, pair_values, grad_emb, slots, grad_params)
 _BACKWARD = [_P] * 8 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 6
-BLOCK = 64  # rows per gradient slot, as in the source
 
 
 def enabled() -> bool:
@@ -80,7 +79,10 @@ def _build(compiler: str) -> Path:
 
 @functools.cache
 def pair_kernel() -> ctypes.CDLL | None:
-    """The loaded kernel, or None (turned off, no compiler, or the build failed: a warning says which)."""
+    """The loaded kernel, or None (turned off, no compiler, or the build failed: a warning says which).
+
+    Besides its functions it carries the source's two constants: ``max_width``, the largest d and t it takes, and
+    ``block_rows``, the rows per gradient slot of the backward (the caller allocates the slots)."""
     if not enabled():
         return None
     compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
@@ -102,4 +104,6 @@ def pair_kernel() -> ctypes.CDLL | None:
         getattr(lib, f"aim_pair_backward_{suffix}").argtypes = _BACKWARD
         getattr(lib, f"aim_pair_backward_{suffix}").restype = None
     lib.aim_pair_max_width.restype = ctypes.c_int
+    lib.aim_pair_block_rows.restype = ctypes.c_int64
+    lib.max_width, lib.block_rows = lib.aim_pair_max_width(), lib.aim_pair_block_rows()
     return lib

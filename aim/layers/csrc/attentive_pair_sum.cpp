@@ -28,10 +28,9 @@ constexpr int64_t BLOCK = 64;  // rows per block of the backward's gradient slot
 constexpr int MAX_WIDTH = 256;  // d and t above this use the torch path (native.py checks)
 
 // hidden = ReLU(W p + bias) with W stored transposed as wt [d, t]; returns <score, hidden>.
-template <typename real, int T>
+template <typename real>
 inline real hidden_layer(const real* p, const real* __restrict wt, const real* __restrict bias,
-                         const real* __restrict score, int d, int t_runtime, real* __restrict hidden) {
-  const int t = T > 0 ? T : t_runtime;
+                         const real* __restrict score, int d, int t, real* __restrict hidden) {
   for (int u = 0; u < t; ++u) hidden[u] = bias[u];
   for (int x = 0; x < d; ++x) {
     const real px = p[x];
@@ -59,7 +58,25 @@ inline void pair_product(const real* e, const int64_t* left, const int64_t* righ
   }
 }
 
-template <typename real, int T>
+// The softmax over the unmasked pairs of a row's scores a [m] (the largest unmasked is `top`), in place, and the
+// row's output sum_k a_k r_k. Every pair masked: all weights 0, as the torch path.
+template <typename real>
+inline real softmax_and_sum(real* a, const real* r, const uint8_t* mask, int64_t m, real top) {
+  real total = 0;
+  for (int64_t k = 0; k < m; ++k) {
+    a[k] = (!mask || mask[k]) ? std::exp(a[k] - top) : 0;
+    total += a[k];
+  }
+  real sum = 0;
+  const real inv = total > 0 ? 1 / total : 0;
+  for (int64_t k = 0; k < m; ++k) {
+    a[k] *= inv;
+    sum += a[k] * r[k];
+  }
+  return sum;
+}
+
+template <typename real>
 void forward_rows(int64_t begin, int64_t end, const real* emb, const int64_t* left, const int64_t* right,
                   const real* wt, const real* bias, const real* score, const real* values, const uint8_t* mask,
                   const real* keep, real temperature, int64_t n, int64_t m, int d, int t, real* out, real* weights,
@@ -78,26 +95,15 @@ void forward_rows(int64_t begin, int64_t end, const real* emb, const int64_t* le
       real rk = 0;
       for (int x = 0; x < d; ++x) rk += v[x] * p[x];
       r[k] = rk;
-      a[k] = hidden_layer<real, T>(p, wt, bias, score, d, t, hidden) / temperature;
+      a[k] = hidden_layer(p, wt, bias, score, d, t, hidden) / temperature;
       if ((!mb || mb[k]) && a[k] > top) top = a[k];
     }
-    real total = 0;
-    for (int k = 0; k < m; ++k) {
-      a[k] = (!mb || mb[k]) ? std::exp(a[k] - top) : 0;
-      total += a[k];
-    }
-    real sum = 0;
-    const real inv = total > 0 ? 1 / total : 0;  // every pair masked: all weights 0, as the torch path
-    for (int k = 0; k < m; ++k) {
-      a[k] *= inv;
-      sum += a[k] * r[k];
-    }
-    out[b] = sum;
+    out[b] = softmax_and_sum(a, r, mb, m, top);
   }
 }
 
 // Per block: grad_wt [d, t], grad_bias [t], grad_score [t], grad_values [m, d], in that order in its slot.
-template <typename real, int T>
+template <typename real>
 void backward_rows(int64_t begin, int64_t end, const real* emb, const int64_t* left, const int64_t* right,
                    const real* wt, const real* bias, const real* score, const real* values, const real* keep,
                    real temperature, int64_t n, int64_t m, int d, int t, const real* grad, const real* weights,
@@ -123,7 +129,7 @@ void backward_rows(int64_t begin, int64_t end, const real* emb, const int64_t* l
       const real d_r = g * a[k];
       const real d_s = a[k] * g * (r[k] - mean) / temperature;
       pair_product(e, left, right, kb, k, d, p);
-      hidden_layer<real, T>(p, wt, bias, score, d, t, hidden);
+      hidden_layer(p, wt, bias, score, d, t, hidden);
       for (int u = 0; u < t; ++u) {
         g_score[u] += d_s * hidden[u];
         d_pre[u] = hidden[u] > 0 ? d_s * score[u] : 0;
@@ -201,6 +207,7 @@ template <typename real>
 struct Vec16Params {  // the attention weights as vectors: W^T by input, W by hidden unit, bias, score, values
   std::vector<vec16<real>> wt, w, values;
   vec16<real> bias, score;
+  Vec16Params() = default;
   Vec16Params(const real* wt_, const real* bias_, const real* score_, const real* values_, int64_t m, int d)
       : wt(d), w(16), values(m) {
     for (int x = 0; x < d; ++x) wt[x] = load(wt_ + x * 16, 16);
@@ -241,18 +248,7 @@ void forward_rows16(int64_t begin, int64_t end, const Vec16Params<real>& P, cons
       a[k] = hsum<real>(P.score * P.template hidden<D>(p, d)) / temperature;
       if ((!mb || mb[k]) && a[k] > top) top = a[k];
     }
-    real total = 0;
-    for (int64_t k = 0; k < m; ++k) {
-      a[k] = (!mb || mb[k]) ? std::exp(a[k] - top) : 0;
-      total += a[k];
-    }
-    real sum = 0;
-    const real inv = total > 0 ? 1 / total : 0;
-    for (int64_t k = 0; k < m; ++k) {
-      a[k] *= inv;
-      sum += a[k] * r[k];
-    }
-    out[b] = sum;
+    out[b] = softmax_and_sum(a, r, mb, m, top);
   }
 }
 
@@ -315,8 +311,8 @@ void forward(const real* emb, const int64_t* left, const int64_t* right, const r
              real* pair_values) {
   const int64_t blocks = (batch + BLOCK - 1) / BLOCK;
   const bool fast = t == 16 && d <= 16;
-  const Vec16Params<real> P = fast ? Vec16Params<real>(wt, bias, score, values, m, int(d))
-                                   : Vec16Params<real>(wt, bias, score, values, 0, 0);
+  Vec16Params<real> P;  // read only on the fast path (its constructor reads 16 numbers of bias and score)
+  if (fast) P = Vec16Params<real>(wt, bias, score, values, m, int(d));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t begin = blk * BLOCK, end = begin + BLOCK < batch ? begin + BLOCK : batch;
@@ -326,12 +322,9 @@ void forward(const real* emb, const int64_t* left, const int64_t* right, const r
     else if (fast)
       forward_rows16<real, 0>(begin, end, P, emb, left, right, mask, keep, real(temperature), n, m, int(d), out,
                               weights, pair_values);
-    else if (t == 16)
-      forward_rows<real, 16>(begin, end, emb, left, right, wt, bias, score, values, mask, keep, real(temperature),
-                             n, m, int(d), int(t), out, weights, pair_values);
     else
-      forward_rows<real, 0>(begin, end, emb, left, right, wt, bias, score, values, mask, keep, real(temperature),
-                            n, m, int(d), int(t), out, weights, pair_values);
+      forward_rows<real>(begin, end, emb, left, right, wt, bias, score, values, mask, keep, real(temperature), n, m,
+                         int(d), int(t), out, weights, pair_values);
   }
 }
 
@@ -344,8 +337,8 @@ void backward(const real* emb, const int64_t* left, const int64_t* right, const 
   const int64_t slot_size = d * t + 2 * t + m * d;
   std::memset(slots, 0, sizeof(real) * blocks * slot_size);
   const bool fast = t == 16 && d <= 16;
-  const Vec16Params<real> P = fast ? Vec16Params<real>(wt, bias, score, values, m, int(d))
-                                   : Vec16Params<real>(wt, bias, score, values, 0, 0);
+  Vec16Params<real> P;  // read only on the fast path (its constructor reads 16 numbers of bias and score)
+  if (fast) P = Vec16Params<real>(wt, bias, score, values, m, int(d));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t begin = blk * BLOCK, end = begin + BLOCK < batch ? begin + BLOCK : batch;
@@ -356,12 +349,9 @@ void backward(const real* emb, const int64_t* left, const int64_t* right, const 
     else if (fast)
       backward_rows16<real, 0>(begin, end, P, emb, left, right, keep, real(temperature), n, m, int(d), grad,
                                weights, pair_values, grad_emb, slot);
-    else if (t == 16)
-      backward_rows<real, 16>(begin, end, emb, left, right, wt, bias, score, values, keep, real(temperature), n, m,
-                              int(d), int(t), grad, weights, pair_values, grad_emb, slot);
     else
-      backward_rows<real, 0>(begin, end, emb, left, right, wt, bias, score, values, keep, real(temperature), n, m,
-                             int(d), int(t), grad, weights, pair_values, grad_emb, slot);
+      backward_rows<real>(begin, end, emb, left, right, wt, bias, score, values, keep, real(temperature), n, m,
+                          int(d), int(t), grad, weights, pair_values, grad_emb, slot);
   }
   // The blocks' slots in block order: the same sums whatever the number of threads.
   std::memset(grad_params, 0, sizeof(real) * slot_size);
@@ -376,6 +366,7 @@ void backward(const real* emb, const int64_t* left, const int64_t* right, const 
 extern "C" {
 
 int aim_pair_max_width() { return MAX_WIDTH; }
+int64_t aim_pair_block_rows() { return BLOCK; }
 
 #define AIM_PAIR_ENTRY_POINTS(real, suffix)                                                                        \
   void aim_pair_forward_##suffix(const real* emb, const int64_t* left, const int64_t* right, const real* wt,      \
