@@ -365,8 +365,7 @@ class Params(Strict):
         return self.datasets[self.dataset]
 
 
-KNOWN_TOP_LEVEL = {"dataset", "seed", "generate", "ingest", "encode", "validate", "train", "baselines", "search",
-                   "search_embed", "retrain", "autofis", "transfer", "datasets"}
+KNOWN_TOP_LEVEL = {field.alias or name for name, field in Params.model_fields.items()}  # params.yaml's sections
 
 
 def _format_error(err: ValidationError, path: Path) -> str:
