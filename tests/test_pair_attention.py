@@ -129,6 +129,13 @@ def test_the_native_kernel_gives_the_same_bits_with_one_thread_or_two():
         assert torch.equal(a, b)
 
 
+def test_int32_pair_indices_give_what_int64_ones_give(path):
+    """The kernel reads int64 indices through raw pointers: other integer types must be converted, not misread."""
+    embedded, pairs, attention, values, mask = setup(dtype=torch.float32)
+    torch.testing.assert_close(attentive_pair_sum(embedded, pairs.int(), attention, values, mask),
+                               attentive_pair_sum(embedded, pairs, attention, values, mask))
+
+
 def test_with_the_kernel_off_the_torch_path_runs(monkeypatch):
     """AIM_NATIVE=0 is the switch a user has if the kernel misbehaves: the layer then takes the torch ops."""
     import aim.layers.native as native

@@ -223,7 +223,7 @@ class _NativePairSum(torch.autograd.Function):
         lib, suffix = pair_kernel(), "f64" if embedded.dtype == torch.float64 else "f32"
         batch, n, dim = embedded.shape
         m, hidden_dim = pairs.shape[0], weight.shape[0]
-        left, right = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+        left, right = (pairs[:, i].to(torch.int64).contiguous() for i in (0, 1))  # the kernel reads int64
         weight_t = weight.t().contiguous()  # [d, t]: a row of it is one input's weights to every hidden unit
         out = embedded.new_empty(batch)
         weights, pair_values = embedded.new_empty(batch, m), embedded.new_empty(batch, m)
