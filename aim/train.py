@@ -25,6 +25,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
 from aim.data import CTRData
+from aim.search.grda import GRDA
 
 
 def fix_mkl_threads() -> bool:
@@ -80,7 +81,7 @@ class TrainConfig:
     min_delta: float = 1e-5  # an AUC gain below this is no gain
     lr_decay: float = 0.1  # the learning rate is multiplied by this on each epoch without gain...
     min_lr: float = 1e-6  # ...but not below this
-    grad_clip: float | None = 10.0  # max global gradient norm; None switches clipping off
+    grad_clip: float | None = 10.0  # max gradient norm of the Adam-trained weights (not GRDA gates); None: off
     seed: int = 2024
     device: str = "auto"  # "auto" = CUDA when present, else CPU; or any torch device string
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast matmuls and attention to bfloat16
@@ -184,6 +185,10 @@ class Trainer:
             self.optimizers = model.optimizers(config.lr, config.weight_decay)
         else:
             self.optimizers = [torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)]
+        # Clipping bounds the Adam-trained weights' gradient norm. Gates under GRDA are left out: their threshold
+        # l1(t) is set against the raw gradients they accumulate, and a large MLP gradient must not shrink them.
+        self.clipped = [p for o in self.optimizers if not isinstance(o, GRDA)
+                        for group in o.param_groups for p in group["params"]]
         self.epoch = 0  # epochs completed
         self.best_auc = -math.inf
         self.best_epoch = 0
@@ -224,6 +229,11 @@ class Trainer:
         cfg = self.config
         if len(train) == 0 or len(valid) == 0:
             raise ValueError(f"empty split: train has {len(train)} rows, valid {len(valid)}")
+        positives = int(valid.label.sum())
+        if positives in (0, len(valid)):  # early stopping and best weights follow a validation AUC
+            raise ValueError(f"the validation split holds one class only (all {len(valid)} rows labelled "
+                             f"{int(positives > 0)}): its AUC is undefined, so early stopping cannot work; "
+                             f"use a larger validation fraction or a split with both labels")
         train, valid = place(train, self.device), place(valid, self.device)
         self.stop = False
         while self.epoch < cfg.epochs and not self.stop and self.bad_epochs < cfg.patience:
@@ -268,7 +278,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(self.clipped, cfg.grad_clip)
             for optimizer in self.optimizers:
                 optimizer.step()
             total_loss += loss.detach() * len(batch)

@@ -328,9 +328,24 @@ class BaselinesConfig(Strict):
         return dict((self.models.get(model) or {}).get("train") or {})
 
     @model_validator(mode="after")
-    def _check_train_overrides(self) -> BaselinesConfig:
+    def _check_models(self) -> BaselinesConfig:
+        """Model names and hyper-parameter keys are checked here, when params.yaml is read, so that a typo
+        stops the first stage `dvc repro` runs, not the training stage that reaches it minutes later."""
+        from aim.models import MODELS, hyperparameters  # torch: imported only when a section lists models
+
         for name, entry in self.models.items():
-            _check_train_keys((entry or {}).get("train"), f"models.{name}.train")
+            if name not in MODELS:
+                raise ValueError(f"models.{name}: unknown model; registered models: {sorted(MODELS)}")
+            entry = entry or {}
+            known = hyperparameters(name)
+            unknown = sorted(set(entry) - set(known) - {"train"})
+            if unknown:
+                raise ValueError(f"models.{name}.{unknown[0]}: unknown hyper-parameter of {name} "
+                                 f"(it takes {sorted(known)} and train)")
+            dim = entry.get("embedding_dim", self.embedding_dim)
+            if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+                raise ValueError(f"models.{name}.embedding_dim: must be a whole number >= 1, got {dim!r}")
+            _check_train_keys(entry.get("train"), f"models.{name}.train")
         return self
 
 

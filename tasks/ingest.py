@@ -152,14 +152,19 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
         return [out.alias(LABEL)], [(bad, "label outside mapping",
                                      pl.format("{} = '{}'", pl.lit(name), raw))]
     if spec.kind == "numeric":
-        if dtype == pl.Float64:  # parsed by the CSV reader already (the fast path): nothing left to check
-            return [raw.alias(name)], []
+        # `nan` is how numpy and many exporters write a missing number: it becomes null. An infinity (`inf`, or
+        # a number too large for a float, such as 1e400) is no usable value: its line is kept aside.
+        infinite = (f"infinite value in {name}", pl.format("{} = '{}'", pl.lit(name), raw))
+        if dtype == pl.Float64:  # parsed by the CSV reader already (the fast path): only infinities to check
+            return [pl.when(~raw.is_nan()).then(raw).alias(name)], [(raw.is_infinite(), *infinite)]
         # Spaces around a number are allowed and a blank field is missing, as in the CSV reader's own parse.
         text = raw.str.strip_chars(" ")
         value = pl.when(text.str.len_bytes() > 0).then(text)
         num = value.cast(pl.Float64, strict=False)
-        return [num.alias(name)], [(value.is_not_null() & num.is_null(), f"non-numeric value in {name}",
-                                    pl.format("{} = '{}'", pl.lit(name), raw))]
+        return [pl.when(~num.is_nan()).then(num).alias(name)], [
+            (value.is_not_null() & num.is_null(), f"non-numeric value in {name}",
+             pl.format("{} = '{}'", pl.lit(name), raw)),
+            (num.is_infinite(), *infinite)]
     if spec.kind == "categorical":
         out = value.str.slice(0, spec.prefix) if spec.prefix else value
         return [out.alias(name)], []

@@ -1,8 +1,8 @@
 """validate: a data-quality gate between encode and training, run with Great Expectations.
 
 One suite per data asset:
-  interim          label exists, is 0/1 and never null; row count equals ingest's ``rows_out``
-  train/valid/test label is 0/1; no column is null; every code lies in its field's vocabulary
+  interim          label exists, is 0/1, never null, both labels present; row count equals ingest's ``rows_out``
+  train/valid/test label is 0/1 with both labels present; no column is null; every code lies in its field's vocabulary
                    [0, vocab_size); row count equals encode's; positive ratio within train's ± tolerance
 
 Multi-valued fields are lists, which GX cannot check, so each becomes two scalar columns, ``<field>__min``
@@ -53,6 +53,9 @@ def label_checks(asset: str) -> list[Check]:
     return [
         ("ExpectColumnValuesToNotBeNull", {"column": LABEL}, f"{asset}: label not null"),
         ("ExpectColumnValuesToBeInSet", {"column": LABEL, "value_set": [0, 1]}, f"{asset}: label is 0/1"),
+        # AUC, which the search, early stopping and the evaluation rest on, needs both labels in every split.
+        ("ExpectColumnDistinctValuesToEqualSet", {"column": LABEL, "value_set": [0, 1]},
+         f"{asset}: both labels present"),
     ]
 
 

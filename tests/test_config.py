@@ -51,6 +51,26 @@ def test_missing_required_key_is_named(tmp_path: Path) -> None:
         load_params(write(tmp_path, raw))
 
 
+@pytest.mark.parametrize(("section", "models", "message"), [
+    ("baselines", {"deepfn": None}, r"baselines\.models\.deepfn: unknown model; registered models: \[.*'deepfm'"),
+    ("transfer", {"ipnn_if": {"hiden_units": [8]}}, r"transfer\.models\.ipnn_if\.hiden_units: unknown hyper"),
+    ("baselines", {"fm": {"embedding_dim": 0}}, r"baselines\.models\.fm\.embedding_dim: must be a whole number >= 1"),
+    ("baselines", {"fm": {"train": {"lrr": 0.1}}}, r"baselines\.models\.fm\.train\.lrr: unknown key"),
+])
+def test_a_bad_model_entry_stops_any_stage_at_load(section: str, models: dict, message: str) -> None:
+    """A typo in a model's name or hyper-parameter is an error when params.yaml is read (the first stage of
+    `dvc repro`), not when the training stage that builds the model is reached."""
+    with pytest.raises(ConfigError, match=message):
+        parse_params({**MINIMAL, section: {"models": models}})
+
+
+def test_embedding_dim_zero_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"search\.embedding_dim: .*greater than or equal to 1"):
+        parse_params({**MINIMAL, "search": {"embedding_dim": 0}})
+    with pytest.raises(ConfigError, match=r"baselines\.embedding_dim: .*greater than or equal to 1"):
+        parse_params({**MINIMAL, "baselines": {"embedding_dim": 0}})
+
+
 def test_unknown_dataset_and_bad_fractions() -> None:
     with pytest.raises(ConfigError, match="'nope' is not one of datasets"):
         parse_params({**MINIMAL, "dataset": "nope"})

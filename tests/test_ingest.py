@@ -79,6 +79,23 @@ def test_fast_and_general_paths_agree(workdir: Path, bad_number: bool) -> None:
     assert list(zip(bad_fast["line"], bad_fast["reason"], bad_fast["raw"], strict=True)) == expected
 
 
+def test_nan_is_missing_and_an_infinity_is_kept_aside(workdir: Path) -> None:
+    """`nan` (numpy's missing number) becomes null; `inf`, `-inf` and a number too large for a float are no
+    usable value and their lines are rejected with the column named, on the fast path and the general one."""
+    lines = ["1\t3\ta\t14102100\tx", "0\tnan\tb\t14102101\ty", "1\tinf\tc\t14102102\tx",
+             "0\t-Infinity\td\t14102103\tz", "1\t1e400\te\t14102104\tx", "0\tNaN\tf\t14102105\tx"]
+    for eol in ("\n", "\r\n"):  # CR line ends take the general path
+        path = workdir / "log.tsv"
+        path.write_text(eol.join(lines) + eol)
+        m = ingest.run(tiny_params(COLUMNS, path))
+        assert m["rows_ok"] == 3 and m["rejected_by_reason"] == {"infinite value in I1": 3}
+        assert pl.read_parquet(ROWS)["I1"].to_list() == [3.0, None, None]
+        rejected = pl.read_parquet(REJECTED)
+        assert rejected["line"].to_list() == [3, 4, 5]
+        assert rejected["raw"].to_list() == lines[2:5]
+        assert rejected["detail"][0] == "I1 = 'inf'"
+
+
 def test_a_short_line_and_a_long_one_do_not_cancel_out(workdir: Path) -> None:
     """The fast path's shape check counts separators per block: a line one field short and another one
     field long leave the total right, and both must still be set aside."""

@@ -52,6 +52,8 @@ def test_unknown_names_and_hyperparameters_are_named() -> None:
     with pytest.raises(ValueError, match="model 'fm' has no hyper-parameter 'hidden_units'"):
         build_model("fm", FIELDS, hidden_units=[10])
     assert hyperparameters("deepfm")["embedding_dim"] == 10
+    with pytest.raises(ValueError, match="embedding_dim must be >= 1, got 0"):
+        build_model("deepfm", FIELDS, embedding_dim=0)
 
 
 def test_embedding_l2_is_half_lambda_times_the_squared_tables() -> None:

@@ -107,6 +107,15 @@ def test_early_stopping_keeps_the_best_weights(planted) -> None:
     assert result.history[-1].lr == pytest.approx(max(0.02 * 0.1**without_gain, 1e-6))  # decayed on each
 
 
+def test_a_validation_split_with_one_class_is_refused(planted) -> None:
+    """Early stopping follows the validation AUC, which one class leaves undefined: an error, not a NaN."""
+    fields, data = planted
+    valid = data["valid"]
+    one_class = CTRData(valid.fields, valid.single, valid.multi, torch.zeros_like(valid.label))
+    with pytest.raises(ValueError, match=r"validation split holds one class only \(all \d+ rows labelled 0\)"):
+        fit(build_model("fm", fields), data["train"], one_class, TrainConfig(epochs=1))
+
+
 def test_a_trainer_turns_mkls_dynamic_thread_count_off(planted) -> None:
     import ctypes
 

@@ -20,8 +20,8 @@ FIELDS = [
     {"name": "tags", "kind": "multi_valued", "vocab_size": 8},
 ]
 SIZES = {"train": 200, "valid": 100, "test": 200}
-# interim: 4 checks; each split: 4 (label, rows, ratio) + 2 per single-valued field + 3 for the list field
-EXPECTED_CHECKS = 4 + 3 * (4 + 2 + 2 + 3)
+# interim: 5 checks; each split: 5 (label x3, rows, ratio) + 2 per single-valued field + 3 for the list field
+EXPECTED_CHECKS = 5 + 3 * (5 + 2 + 2 + 3)
 
 
 def params(tolerance: float = 0.05) -> Params:
@@ -134,7 +134,8 @@ def test_code_outside_vocabulary_fails_by_split_and_field(
 @pytest.fixture(scope="module")
 def three_failures(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One run with three independent corruptions (GX runs are the slow part): the row count of valid,
-    the positive ratio of test, a list code of valid. The message must name all three."""
+    test's labels all 1 (its positive ratio, and one class only), a list code of valid. The message must name
+    all four failures."""
 
     def corrupt(splits: dict, encode: dict) -> None:
         encode["rows"]["valid"] = SIZES["valid"] + 1
@@ -144,7 +145,7 @@ def three_failures(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     with pytest.MonkeyPatch.context() as monkeypatch:
         message = failure_message(tmp_path_factory.mktemp("three"), monkeypatch, corrupt)
-    assert message.startswith(f"validation failed: 3 of {EXPECTED_CHECKS} expectations")
+    assert message.startswith(f"validation failed: 4 of {EXPECTED_CHECKS} expectations")
     return message
 
 
@@ -155,6 +156,12 @@ def test_row_count_mismatch_fails(three_failures: str) -> None:
 def test_positive_ratio_out_of_tolerance_fails(three_failures: str) -> None:
     assert "test: positive ratio within train's 0.5000 ± 0.1914 (observed: 1.0)" in three_failures
     assert "valid: positive ratio" not in three_failures
+
+
+def test_a_split_with_one_class_fails(three_failures: str) -> None:
+    """AUC is undefined on a split holding one label: caught at the gate, not as a NaN in training."""
+    assert "test: both labels present" in three_failures
+    assert "valid: both labels present" not in three_failures
 
 
 def test_multi_valued_code_out_of_range_fails(three_failures: str) -> None:

@@ -71,6 +71,8 @@ class CTRModel(nn.Module):
         super().__init__()
         if not fields:
             raise ValueError("a model needs at least one field")
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         self.fields = tuple(fields)
         self.num_fields = len(self.fields)
         self.embedding_dim = embedding_dim
