@@ -259,6 +259,12 @@ def subsample(data: dict[str, Any], rows: dict[str, int]) -> dict[str, Any]:
     return out
 
 
+def spread(part: Any, rows: int) -> Any:
+    """``rows`` rows drawn across the split (seeded): a leading slice of a log can hold one label only, and a
+    validation split of one label is refused (its AUC is undefined)."""
+    return part.take(torch.randperm(len(part), generator=torch.Generator().manual_seed(SEED))[:rows].sort().values)
+
+
 # ---------------------------------------------------------------------------------------------- ours
 def run_ours(name: str, fields: list[Any], data: dict[str, Any], epochs: int, batch_size: int,
              precision: str = "fp32") -> dict[str, Any]:
@@ -273,7 +279,7 @@ def run_ours(name: str, fields: list[Any], data: dict[str, Any], epochs: int, ba
     rows = min(len(data["train"]), WARMUP_BATCHES * batch_size)
     Trainer(copy.deepcopy(model), TrainConfig(epochs=1, batch_size=batch_size, lr=LR, grad_clip=None, device="cpu",
                                               precision=precision)).fit(  # type: ignore[arg-type]
-        data["train"].slice(0, rows), data["valid"].slice(0, batch_size))
+        data["train"].slice(0, rows), spread(data["valid"], batch_size))
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=LR, patience=epochs + 1, lr_decay=1.0,
                          grad_clip=None, seed=SEED, device="cpu", precision=precision)  # type: ignore[arg-type]
     result = Trainer(model, config).fit(data["train"], data["valid"])

@@ -93,8 +93,8 @@ def test_a_checkpoint_of_other_library_code_is_not_resumed(encoded: Path, capsys
 
 
 def test_bad_model_settings_are_named(encoded: Path) -> None:
-    with pytest.raises(ConfigError, match=r"baselines.models.fm: model 'fm' has no hyper-parameter 'hidden_units'"):
-        baselines.run(params_with(fm={"hidden_units": [8]}), "fm")
+    with pytest.raises(ConfigError, match=r"baselines.models.fm.hidden_units: unknown hyper-parameter of fm"):
+        params_with(fm={"hidden_units": [8]})  # when params.yaml is read, before any stage runs
     with pytest.raises(ConfigError, match=r"baselines.models: no entry 'deepfm'"):
         baselines.run(params_with(fm={}), "deepfm")
     with pytest.raises(ConfigError, match=r"baselines.models.fm.train.learning_rate: unknown key"):

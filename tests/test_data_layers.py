@@ -47,12 +47,23 @@ def test_batches_are_views_and_shuffle_is_a_seeded_permutation() -> None:
 
 
 @pytest.mark.parametrize("width", [1, 10, 40])
-def test_lookup_gradients_equal_embeddings_and_are_the_same_on_every_run(width: int) -> None:
-    """The index_add backward of ``lookup`` gives F.embedding's gradients, bit for bit, run after run (CPU, the
-    threads this machine has): each table row sums its gradients in the order the indices come."""
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("native", [True, False])
+def test_lookup_gradients_equal_embeddings_and_are_the_same_on_every_run(
+        width: int, index_dtype: torch.dtype, native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backward of ``lookup`` (the native row sum, or index_add_ without it) gives F.embedding's gradients, bit
+    for bit, run after run (CPU, the threads this machine has): each table row sums its gradients in the order the
+    indices come."""
+    import aim.layers.embedding as embedding_module
+    from aim.layers.native import rows_kernel
+
+    if not native:
+        monkeypatch.setattr(embedding_module, "rows_kernel", lambda: None)
+    elif rows_kernel() is None:
+        pytest.skip("the native row kernel did not build here (no C++ compiler, or AIM_NATIVE=0)")
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(300, width, generator=gen, requires_grad=True)
-    index = torch.randint(0, 300, (4096, 7), generator=gen)  # ~100 gradients per row, summed in some order
+    index = torch.randint(0, 300, (4096, 7), generator=gen).to(index_dtype)  # ~100 gradients per row
     upstream = torch.randn(4096, 7, width, generator=gen)
     grads = []
     for _ in range(3):

@@ -38,14 +38,21 @@ def dropout_mask(
     On CPU it takes the cheap draw above; on another device it is one Bernoulli draw per element, with ``p``
     exact (the device's own generator is fast).
     """
-    drop = _drop_level(p)
     if torch.device(device).type != "cpu":
+        _drop_level(p)
         return torch.empty(shape, dtype=dtype, device=device).bernoulli_(1 - p).div_(1 - p)
+    uniform, threshold, scale = dropout_uniform(shape, p)
+    return (uniform >= threshold).to(dtype).mul_(scale)
+
+
+def dropout_uniform(shape: torch.Size | tuple[int, ...], p: float) -> tuple[Tensor, int, float]:
+    """The CPU mask's draw, undecided: (int16 uniforms of ``shape``, threshold, scale). An entry is kept where its
+    uniform is >= the threshold, and a kept entry is multiplied by the scale (the native MLP kernel reads these)."""
+    drop = _drop_level(p)
     n = math.prod(shape)
     words = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64)
     uniform = words.view(torch.int16)[:n].view(shape)  # each in [-32768, 32767], uniform
-    keep = uniform >= drop - (_LEVELS >> 1)
-    return keep.to(dtype).mul_(_LEVELS / (_LEVELS - drop))
+    return uniform, drop - (_LEVELS >> 1), _LEVELS / (_LEVELS - drop)
 
 
 class Dropout(nn.Module):

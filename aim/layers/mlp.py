@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aim.layers.dropout import Dropout
+from aim.layers.dropout import Dropout, dropout_uniform
+from aim.layers.native import mlp_kernel
 
 
 class FP32Linear(nn.Linear):
@@ -24,8 +25,64 @@ class FP32Linear(nn.Linear):
             return F.linear(x.to(self.weight.dtype), self.weight, self.bias)  # float32 weights: a float32 logit
 
 
+class _BatchNormReLUDropout(torch.autograd.Function):
+    """Training batch norm -> ReLU -> dropout of a float32 [B, H] on CPU, in the native kernel: two passes forward,
+    two backward, where torch's separate ops take about eight each way (``csrc/batch_norm_relu_dropout.cpp``).
+    Returns y and, not differentiable, the batch's mean and biased variance (for the running statistics)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, gamma: Tensor, beta: Tensor, uniform: Tensor | None, threshold: int, scale: float,
+                eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        lib = mlp_kernel()
+        batch, width = z.shape
+        y = torch.empty_like(z)
+        mean, rstd, var = (z.new_empty(width) for _ in range(3))
+        lib.aim_bnrd_forward(z.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
+                             None if uniform is None else uniform.data_ptr(), threshold, scale, eps, batch, width,
+                             torch.get_num_threads(), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), var.data_ptr())
+        ctx.save_for_backward(y, z, mean, rstd, gamma)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _mean: Tensor, _var: Tensor) -> tuple[Tensor | None, ...]:
+        y, z, mean, rstd, gamma = ctx.saved_tensors
+        grad = grad.contiguous()
+        batch, width = z.shape
+        dz = torch.empty_like(z)
+        dgamma, dbeta = gamma.new_empty(width), gamma.new_empty(width)
+        mlp_kernel().aim_bnrd_backward(grad.data_ptr(), y.data_ptr(), z.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                                       gamma.data_ptr(), ctx.scale, batch, width, torch.get_num_threads(),
+                                       dz.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr())
+        return dz, dgamma, dbeta, None, None, None, None
+
+
+def fused_hidden_layer(z: Tensor, norm: nn.BatchNorm1d, dropout: Dropout | None) -> Tensor | None:
+    """``dropout(relu(norm(z)))`` in training mode through the native kernel, updating ``norm``'s running statistics
+    as torch does; None where the kernel does not apply (not CPU float32, autocast, no kernel, other settings)."""
+    if (z.device.type != "cpu" or z.dtype != torch.float32 or z.dim() != 2 or z.shape[0] < 2
+            or torch.is_autocast_enabled("cpu") or not norm.affine or not norm.track_running_stats
+            or norm.momentum is None or norm.weight.dtype != torch.float32 or mlp_kernel() is None):
+        return None
+    uniform, threshold, scale = None, 0, 1.0
+    if dropout is not None and dropout.p > 0:
+        uniform, threshold, scale = dropout_uniform(z.shape, dropout.p)
+    y, mean, var = _BatchNormReLUDropout.apply(z.contiguous(), norm.weight, norm.bias, uniform, threshold, scale,
+                                               norm.eps)
+    with torch.no_grad():  # torch's update: an exponential average, with the unbiased variance
+        norm.running_mean.lerp_(mean, norm.momentum)
+        norm.running_var.lerp_(var * (z.shape[0] / (z.shape[0] - 1)), norm.momentum)
+        norm.num_batches_tracked.add_(1)
+    return y
+
+
 class MLP(nn.Module):
-    """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer, then a linear output (if ``out_dim``)."""
+    """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer, then a linear output (if ``out_dim``).
+
+    In training on CPU (float32), a hidden layer's batch norm, ReLU and dropout run as one native op
+    (``fused_hidden_layer``); the modules stay as they are, so checkpoints and ``state_dict`` do not change.
+    """
 
     def __init__(
         self,
@@ -54,6 +111,8 @@ class MLP(nn.Module):
         self.out_dim = out_dim if out_dim is not None else in_dim
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.batch_norm:
+            return self._train_forward(x)
         if self.training or not self.batch_norm:
             return self.net(x)
         # Eval: each BatchNorm is an affine map with its running statistics, folded into the Linear before it
@@ -68,4 +127,20 @@ class MLP(nn.Module):
                 x = F.linear(x, layer.weight * scale.unsqueeze(1), (layer.bias - norm.running_mean) * scale + norm.bias)
             else:
                 x = layer(x)
+        return x
+
+    def _train_forward(self, x: Tensor) -> Tensor:
+        """Training with batch norm: a hidden layer's norm, ReLU and dropout go to the native kernel where it can."""
+        layers = list(self.net)
+        k = 0
+        while k < len(layers):
+            layer = layers[k]
+            x = layer(x)
+            k += 1
+            if isinstance(layer, nn.Linear) and k < len(layers) and isinstance(layers[k], nn.BatchNorm1d):
+                dropout = layers[k + 2] if k + 2 < len(layers) and isinstance(layers[k + 2], Dropout) else None
+                fused = fused_hidden_layer(x, layers[k], dropout)
+                if fused is not None:
+                    x = fused
+                    k += 2 + (dropout is not None)  # the norm, the ReLU and the dropout are done
         return x

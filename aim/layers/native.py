@@ -1,4 +1,6 @@
-"""The native CPU kernel of the AFM / IFM pair term (``csrc/attentive_pair_sum.cpp``), built on first use.
+"""Native CPU kernels, built on first use: the AFM / IFM pair term (``csrc/attentive_pair_sum.cpp``), an MLP
+hidden layer's batch norm, ReLU and dropout (``csrc/batch_norm_relu_dropout.cpp``) and an embedding lookup's
+backward (``csrc/index_add_rows.cpp``).
 
 The torch version of the fused pair term (``attention._AttentivePairSum``) is about 25 small ops per chunk of
 rows; at Frappe's shapes it reached 2-3.5x DeepCTR-Torch's AFM, short of the model issue's 5x. The C++ kernel
@@ -7,9 +9,10 @@ second with the system's C++ compiler. It is compiled for the CPU it runs on (``
 is cached per source, compiler and CPU (the file name is a hash of the three) in ``$AIM_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/aim-ctr``, else ``~/.cache/aim-ctr``.
 
-Without a compiler, or when the build fails, ``pair_kernel()`` warns once and returns None, and the layer keeps
-the torch path. ``AIM_NATIVE=0`` turns the kernel off (the torch path is then the reference the tests compare
-the kernel with).
+Without a compiler, or when the build fails, ``pair_kernel()``, ``mlp_kernel()`` and ``rows_kernel()`` warn once and
+return None, and
+the layer keeps the torch path. ``AIM_NATIVE=0`` turns the kernels off (the torch path is then the reference the
+tests compare the kernels with).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("csrc") / "attentive_pair_sum.cpp"
+MLP_SOURCE = Path(__file__).with_name("csrc") / "batch_norm_relu_dropout.cpp"
+ROWS_SOURCE = Path(__file__).with_name("csrc") / "index_add_rows.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 
 _P, _I64, _INT, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
@@ -35,6 +40,11 @@ _FORWARD = [_P] * 9 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 3
 # (emb, left, right, wt, bias, score, values, keep, temperature, batch, n, m, d, t, threads,
 #  grad, weights, pair_values, grad_emb, slots, grad_params)
 _BACKWARD = [_P] * 8 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 6
+_F32 = ctypes.c_float
+# (z, gamma, beta, uniform, threshold, scale, eps, batch, width, threads, y, mean, rstd, var)
+_BNRD_FORWARD = [_P] * 4 + [_INT, _F32, _F64, _I64, _I64, _INT] + [_P] * 4
+# (dy, y, z, mean, rstd, gamma, scale, batch, width, threads, dz, dgamma, dbeta)
+_BNRD_BACKWARD = [_P] * 6 + [_F32, _I64, _I64, _INT] + [_P] * 3
 
 
 def enabled() -> bool:
@@ -59,44 +69,51 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def _build(compiler: str) -> Path:
+def _build(compiler: str, source: Path) -> Path:
     """The shared library for this source, compiler and CPU: from the cache, or compiled into it."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_signature()]).encode())
-    target = _cache_dir() / f"attentive_pair_sum-{key.hexdigest()[:16]}.so"
+    key = hashlib.sha256("\0".join([source.read_text(), version, " ".join(FLAGS), _cpu_signature()]).encode())
+    target = _cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Built beside the target and renamed into place: processes that build at once never load a half-written file.
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+        result = subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {SOURCE}:\n{result.stderr[-2000:]}")
+            raise RuntimeError(f"{compiler} failed on {source}:\n{result.stderr[-2000:]}")
         os.replace(built, target)
     return target
 
 
-@functools.cache
-def pair_kernel() -> ctypes.CDLL | None:
-    """The loaded kernel, or None (turned off, no compiler, or the build failed: a warning says which).
-
-    Besides its functions it carries the source's two constants: ``max_width``, the largest d and t it takes, and
-    ``block_rows``, the rows per gradient slot of the backward (the caller allocates the slots)."""
+def _load(source: Path, what: str, fallback: str) -> ctypes.CDLL | None:
+    """``source`` built and loaded, or None with one warning naming ``what`` runs as ``fallback`` instead."""
     if not enabled():
         return None
     compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if compiler is None:
-        warnings.warn("aim: no C++ compiler (g++ or $CXX) found, so AFM's and IFM's pair term runs as torch ops, "
-                      "about 2x slower on CPU", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"aim: no C++ compiler (g++ or $CXX) found, so {what} runs as {fallback}", RuntimeWarning,
+                      stacklevel=3)
         return None
     try:
         import torch  # noqa: F401  # torch's libgomp is loaded first, so the kernel shares its OpenMP runtime
 
-        lib = ctypes.CDLL(str(_build(compiler)))
+        return ctypes.CDLL(str(_build(compiler, source)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        warnings.warn(f"aim: the native pair kernel could not be built or loaded ({err}); AFM's and IFM's pair "
-                      "term runs as torch ops", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"aim: the native kernel {source.name} could not be built or loaded ({err}); {what} runs as "
+                      f"{fallback}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+@functools.cache
+def pair_kernel() -> ctypes.CDLL | None:
+    """The loaded pair kernel, or None (turned off, no compiler, or the build failed: a warning says which).
+
+    Besides its functions it carries the source's two constants: ``max_width``, the largest d and t it takes, and
+    ``block_rows``, the rows per gradient slot of the backward (the caller allocates the slots)."""
+    lib = _load(SOURCE, "AFM's and IFM's pair term", "torch ops, about 2x slower on CPU")
+    if lib is None:
         return None
     for suffix in ("f32", "f64"):
         getattr(lib, f"aim_pair_forward_{suffix}").argtypes = _FORWARD
@@ -106,4 +123,27 @@ def pair_kernel() -> ctypes.CDLL | None:
     lib.aim_pair_max_width.restype = ctypes.c_int
     lib.aim_pair_block_rows.restype = ctypes.c_int64
     lib.max_width, lib.block_rows = lib.aim_pair_max_width(), lib.aim_pair_block_rows()
+    return lib
+
+
+@functools.cache
+def mlp_kernel() -> ctypes.CDLL | None:
+    """The loaded batch norm + ReLU + dropout kernel of an MLP's hidden layers, or None (as ``pair_kernel``)."""
+    lib = _load(MLP_SOURCE, "the MLP's batch norm, ReLU and dropout", "torch ops")
+    if lib is None:
+        return None
+    lib.aim_bnrd_forward.argtypes, lib.aim_bnrd_forward.restype = _BNRD_FORWARD, None
+    lib.aim_bnrd_backward.argtypes, lib.aim_bnrd_backward.restype = _BNRD_BACKWARD, None
+    return lib
+
+
+@functools.cache
+def rows_kernel() -> ctypes.CDLL | None:
+    """The loaded row-sum kernel of an embedding lookup's backward, or None (as ``pair_kernel``)."""
+    lib = _load(ROWS_SOURCE, "an embedding lookup's backward", "index_add_")
+    if lib is None:
+        return None
+    for suffix in ("i64", "i32"):
+        function = getattr(lib, f"aim_index_add_rows_{suffix}")
+        function.argtypes, function.restype = [_P, _P, _I64, _I64, _P], None
     return lib
