@@ -64,8 +64,8 @@ def test_the_kernel_gives_the_same_bits_with_one_thread_or_two():
             torch.set_num_threads(n)
             torch.manual_seed(3)
             inputs = [t.clone().requires_grad_() for t in (z, gamma, beta)]
-            uniform, threshold, scale = mlp_module.dropout_uniform(z.shape, 0.2)
-            y, mean, var = mlp_module._BatchNormReLUDropout.apply(*inputs, uniform, threshold, scale, 1e-5)
+            key, drop, scale = mlp_module.dropout_draw(0.2)
+            y, mean, var = mlp_module._BatchNormReLUDropout.apply(*inputs, key, drop, scale, 1e-5)
             grads = torch.autograd.grad(y, inputs, torch.linspace(-1, 1, y.numel()).view_as(y))
             results.append([y, mean, var, *grads])
     finally:

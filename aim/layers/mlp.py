@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aim.layers.dropout import Dropout, dropout_uniform
+from aim.layers.dropout import Dropout, dropout_draw
 from aim.layers.native import mlp_kernel
 
 
@@ -31,14 +31,13 @@ class _BatchNormReLUDropout(torch.autograd.Function):
     Returns y and, not differentiable, the batch's mean and biased variance (for the running statistics)."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, gamma: Tensor, beta: Tensor, uniform: Tensor | None, threshold: int, scale: float,
+    def forward(ctx, z: Tensor, gamma: Tensor, beta: Tensor, key: int, drop: int, scale: float,
                 eps: float) -> tuple[Tensor, Tensor, Tensor]:
         lib = mlp_kernel()
         batch, width = z.shape
         y = torch.empty_like(z)
         mean, rstd, var = (z.new_empty(width) for _ in range(3))
-        lib.aim_bnrd_forward(z.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
-                             None if uniform is None else uniform.data_ptr(), threshold, scale, eps, batch, width,
+        lib.aim_bnrd_forward(z.data_ptr(), gamma.data_ptr(), beta.data_ptr(), key, drop, scale, eps, batch, width,
                              torch.get_num_threads(), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), var.data_ptr())
         ctx.save_for_backward(y, z, mean, rstd, gamma)
         ctx.scale = scale
@@ -65,11 +64,10 @@ def fused_hidden_layer(z: Tensor, norm: nn.BatchNorm1d, dropout: Dropout | None)
             or torch.is_autocast_enabled("cpu") or not norm.affine or not norm.track_running_stats
             or norm.momentum is None or norm.weight.dtype != torch.float32 or mlp_kernel() is None):
         return None
-    uniform, threshold, scale = None, 0, 1.0
+    key, drop, scale = 0, 0, 1.0  # drop level 0: no dropout
     if dropout is not None and dropout.p > 0:
-        uniform, threshold, scale = dropout_uniform(z.shape, dropout.p)
-    y, mean, var = _BatchNormReLUDropout.apply(z.contiguous(), norm.weight, norm.bias, uniform, threshold, scale,
-                                               norm.eps)
+        key, drop, scale = dropout_draw(dropout.p)
+    y, mean, var = _BatchNormReLUDropout.apply(z.contiguous(), norm.weight, norm.bias, key, drop, scale, norm.eps)
     with torch.no_grad():  # torch's update: an exponential average, with the unbiased variance
         norm.running_mean.lerp_(mean, norm.momentum)
         norm.running_var.lerp_(var * (z.shape[0] / (z.shape[0] - 1)), norm.momentum)

@@ -1,6 +1,6 @@
 """Native CPU kernels, built on first use: the AFM / IFM pair term (``csrc/attentive_pair_sum.cpp``), an MLP
-hidden layer's batch norm, ReLU and dropout (``csrc/batch_norm_relu_dropout.cpp``) and an embedding lookup's
-backward (``csrc/index_add_rows.cpp``).
+hidden layer's batch norm, ReLU and dropout, and dropout alone (``csrc/batch_norm_relu_dropout.cpp``), and an
+embedding lookup's backward (``csrc/index_add_rows.cpp``).
 
 The torch version of the fused pair term (``attention._AttentivePairSum``) is about 25 small ops per chunk of
 rows; at Frappe's shapes it reached 2-3.5x DeepCTR-Torch's AFM, short of the model issue's 5x. The C++ kernel
@@ -9,10 +9,9 @@ second with the system's C++ compiler. It is compiled for the CPU it runs on (``
 is cached per source, compiler and CPU (the file name is a hash of the three) in ``$AIM_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/aim-ctr``, else ``~/.cache/aim-ctr``.
 
-Without a compiler, or when the build fails, ``pair_kernel()``, ``mlp_kernel()`` and ``rows_kernel()`` warn once and
-return None, and
-the layer keeps the torch path. ``AIM_NATIVE=0`` turns the kernels off (the torch path is then the reference the
-tests compare the kernels with).
+Without a compiler, or when the build fails, ``pair_kernel()``, ``mlp_kernel()`` and ``rows_kernel()`` warn once
+and return None, and the layer keeps the torch path. ``AIM_NATIVE=0`` turns the kernels off (the torch path is
+then the reference the tests compare the kernels with).
 """
 
 from __future__ import annotations
@@ -33,19 +32,26 @@ MLP_SOURCE = Path(__file__).with_name("csrc") / "batch_norm_relu_dropout.cpp"
 ROWS_SOURCE = Path(__file__).with_name("csrc") / "index_add_rows.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 
-_P, _I64, _INT, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+_P, _INT, _I64, _U32, _U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint64
+_F32, _F64 = ctypes.c_float, ctypes.c_double
 # (emb, left, right, wt, bias, score, values, mask, keep, temperature, batch, n, m, d, t, threads,
 #  out, weights, pair_values)
-_FORWARD = [_P] * 9 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 3
+_PAIR_FORWARD = [_P] * 9 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 3
 # (emb, left, right, wt, bias, score, values, keep, temperature, batch, n, m, d, t, threads,
 #  grad, weights, pair_values, grad_emb, slots, grad_params)
-_BACKWARD = [_P] * 8 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 6
-_F32 = ctypes.c_float
-# (z, gamma, beta, uniform, threshold, scale, eps, batch, width, threads, y, mean, rstd, var)
-_BNRD_FORWARD = [_P] * 4 + [_INT, _F32, _F64, _I64, _I64, _INT] + [_P] * 4
-# (dy, y, z, mean, rstd, gamma, scale, batch, width, threads, dz, dgamma, dbeta)
-_BNRD_BACKWARD = [_P] * 6 + [_F32, _I64, _I64, _INT] + [_P] * 3
-
+_PAIR_BACKWARD = [_P] * 8 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 6
+PAIR_SIGNATURES = {f"aim_pair_{way}_{suffix}": types for way, types in (("forward", _PAIR_FORWARD),
+                                                                        ("backward", _PAIR_BACKWARD))
+                   for suffix in ("f32", "f64")}
+MLP_SIGNATURES = {
+    # (z, gamma, beta, key, drop, scale, eps, batch, width, threads, y, mean, rstd, var)
+    "aim_bnrd_forward": [_P] * 3 + [_U64, _U32, _F32, _F64, _I64, _I64, _INT] + [_P] * 4,
+    # (dy, y, z, mean, rstd, gamma, scale, batch, width, threads, dz, dgamma, dbeta)
+    "aim_bnrd_backward": [_P] * 6 + [_F32, _I64, _I64, _INT] + [_P] * 3,
+    # (x or null, key, drop, scale, first index, n, threads, out)
+    "aim_dropout": [_P, _U64, _U32, _F32, _U64, _I64, _INT, _P],
+}
+ROWS_SIGNATURES = {f"aim_index_add_rows_{suffix}": [_P, _P, _I64, _I64, _P] for suffix in ("i64", "i32")}
 
 def enabled() -> bool:
     """False when the environment says ``AIM_NATIVE=0`` (or ``false``/``no``/``off``)."""
@@ -87,8 +93,9 @@ def _build(compiler: str, source: Path) -> Path:
     return target
 
 
-def _load(source: Path, what: str, fallback: str) -> ctypes.CDLL | None:
-    """``source`` built and loaded, or None with one warning naming ``what`` runs as ``fallback`` instead."""
+def _load(source: Path, signatures: dict[str, list], what: str, fallback: str) -> ctypes.CDLL | None:
+    """``source`` built and loaded with its functions' argument types set (they return nothing), or None with one
+    warning naming ``what`` runs as ``fallback`` instead."""
     if not enabled():
         return None
     compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
@@ -99,11 +106,15 @@ def _load(source: Path, what: str, fallback: str) -> ctypes.CDLL | None:
     try:
         import torch  # noqa: F401  # torch's libgomp is loaded first, so the kernel shares its OpenMP runtime
 
-        return ctypes.CDLL(str(_build(compiler, source)))
+        lib = ctypes.CDLL(str(_build(compiler, source)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         warnings.warn(f"aim: the native kernel {source.name} could not be built or loaded ({err}); {what} runs as "
                       f"{fallback}", RuntimeWarning, stacklevel=3)
         return None
+    for name, argtypes in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, None
+    return lib
 
 
 @functools.cache
@@ -112,14 +123,9 @@ def pair_kernel() -> ctypes.CDLL | None:
 
     Besides its functions it carries the source's two constants: ``max_width``, the largest d and t it takes, and
     ``block_rows``, the rows per gradient slot of the backward (the caller allocates the slots)."""
-    lib = _load(SOURCE, "AFM's and IFM's pair term", "torch ops, about 2x slower on CPU")
+    lib = _load(SOURCE, PAIR_SIGNATURES, "AFM's and IFM's pair term", "torch ops, about 2x slower on CPU")
     if lib is None:
         return None
-    for suffix in ("f32", "f64"):
-        getattr(lib, f"aim_pair_forward_{suffix}").argtypes = _FORWARD
-        getattr(lib, f"aim_pair_forward_{suffix}").restype = None
-        getattr(lib, f"aim_pair_backward_{suffix}").argtypes = _BACKWARD
-        getattr(lib, f"aim_pair_backward_{suffix}").restype = None
     lib.aim_pair_max_width.restype = ctypes.c_int
     lib.aim_pair_block_rows.restype = ctypes.c_int64
     lib.max_width, lib.block_rows = lib.aim_pair_max_width(), lib.aim_pair_block_rows()
@@ -128,22 +134,12 @@ def pair_kernel() -> ctypes.CDLL | None:
 
 @functools.cache
 def mlp_kernel() -> ctypes.CDLL | None:
-    """The loaded batch norm + ReLU + dropout kernel of an MLP's hidden layers, or None (as ``pair_kernel``)."""
-    lib = _load(MLP_SOURCE, "the MLP's batch norm, ReLU and dropout", "torch ops")
-    if lib is None:
-        return None
-    lib.aim_bnrd_forward.argtypes, lib.aim_bnrd_forward.restype = _BNRD_FORWARD, None
-    lib.aim_bnrd_backward.argtypes, lib.aim_bnrd_backward.restype = _BNRD_BACKWARD, None
-    return lib
+    """The loaded kernel of an MLP's hidden layers (batch norm + ReLU + dropout) and of dropout alone, or None (as
+    ``pair_kernel``)."""
+    return _load(MLP_SOURCE, MLP_SIGNATURES, "the MLP's batch norm, ReLU and dropout", "torch ops")
 
 
 @functools.cache
 def rows_kernel() -> ctypes.CDLL | None:
     """The loaded row-sum kernel of an embedding lookup's backward, or None (as ``pair_kernel``)."""
-    lib = _load(ROWS_SOURCE, "an embedding lookup's backward", "index_add_")
-    if lib is None:
-        return None
-    for suffix in ("i64", "i32"):
-        function = getattr(lib, f"aim_index_add_rows_{suffix}")
-        function.argtypes, function.restype = [_P, _P, _I64, _I64, _P], None
-    return lib
+    return _load(ROWS_SOURCE, ROWS_SIGNATURES, "an embedding lookup's backward", "index_add_")

@@ -1,16 +1,22 @@
 // BatchNorm (training statistics) -> ReLU -> dropout over a [B, H] float32 activation, forward and backward,
-// for the hidden layers of DeepFM, IPNN and AIM's MLP on CPU. Loaded by aim/layers/native.py (ctypes, no torch
-// headers).
+// for the hidden layers of DeepFM, IPNN and AIM's MLP on CPU; and dropout alone, for aim.layers.Dropout and the
+// masks of dropout_mask. Loaded by aim/layers/native.py (ctypes, no torch headers).
 //
 // Why: torch runs these as separate ops, each a pass through a [4096, 400] activation (6.5 MB, larger than
 // L2): batch norm's statistics and normalisation, the in-place ReLU, the dropout mask made from its random
-// words (compare, convert, multiply), and in the backward the dropout and ReLU gradients and batch norm's two
-// passes. Here the forward is two passes (column statistics, then y = relu(a * z + c) * keep) and the backward
-// two (column sums of g and g * xhat, then dz), where g = dy * scale wherever y > 0 (y > 0 exactly where the
-// ReLU let the value through and dropout kept it, so neither a ReLU mask nor a dropout mask is stored).
+// words (draw, compare, convert, multiply), and in the backward the dropout and ReLU gradients and batch norm's
+// two passes. Here the forward is two passes (column statistics, then y = relu(a * z + c) * keep) and the
+// backward two (column sums of g and g * xhat, then dz), where g = dy * scale wherever y > 0 (y > 0 exactly where
+// the ReLU let the value through and dropout kept it, so neither a ReLU mask nor a dropout mask is stored).
+//
+// The dropout masks come from a counter-based generator (keyed_word below; aim/layers/dropout.py has its torch
+// twin, and a test holds the two equal): element i of a draw gets a 32-bit word that is a hash of i and the
+// draw's 64-bit key, so a mask is made where it is used, in registers, with no random numbers stored.
+// torch.randint's words were 9 % of a DeepFM step after the fused layer (1.9 ms per [4096, 400] layer).
 //
 // Determinism: column sums run over the rows in order, each column within one thread (threads split the
-// columns), so the result does not depend on the number of threads. Sums are in double.
+// columns), so the result does not depend on the number of threads. Sums are in double. The dropout words depend
+// only on the key and the element's index.
 #include <omp.h>
 
 #include <algorithm>
@@ -20,72 +26,115 @@
 
 namespace {
 
-// Columns [begin, end) of thread `part` of `parts`, in whole 16-float (64-byte) pieces.
-inline void column_range(int64_t H, int part, int parts, int64_t& begin, int64_t& end) {
-  const int64_t pieces = (H + 15) / 16;
-  begin = std::min(H, pieces * part / parts * 16);
-  end = std::min(H, pieces * (part + 1) / parts * 16);
+// Chris Wellons' lowbias32 (hash-prospector): a bijection of 32-bit words with a low avalanche bias.
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
 }
 
-inline int threads_for(int64_t H, int threads) {
+// The word of element i under key k: mix32(mix32(lo(i) ^ lo(k)) ^ hi(k) ^ hi(i)). An element is kept where its
+// word >= drop << 16, i.e. where its top 16 bits >= drop (of 65536 levels).
+inline uint32_t keyed_word(uint32_t lo_i, uint32_t lo_k, uint32_t hi_k_and_i) {
+  return mix32(mix32(lo_i ^ lo_k) ^ hi_k_and_i);
+}
+
+// Calls span(offset, count, lo, hi) over the indices [first, first + n), cut where the low 32 bits of the index
+// wrap, so the inner loops run on 32-bit lanes (hi is constant in a span; in practice there is one span).
+template <class Span>
+inline void index_spans(uint64_t first, int64_t n, Span span) {
+  int64_t done = 0;
+  while (done < n) {
+    const uint64_t at = first + static_cast<uint64_t>(done);
+    const int64_t room = static_cast<int64_t>((uint64_t{1} << 32) - (at & 0xffffffffULL));
+    const int64_t count = std::min(n - done, room);
+    span(done, count, static_cast<uint32_t>(at), static_cast<uint32_t>(at >> 32));
+    done += count;
+  }
+}
+
+// Per column h of a [B, H] array, the sums over the rows, in row order and in double, of two terms:
+// term(r, h, t1, t2), then finish(h, sum1, sum2). Threads take whole 16-float (64-byte) pieces of the columns,
+// so the thread count changes no bit.
+template <class Term, class Finish>
+void column_sums(int64_t B, int64_t H, int threads, Term term, Finish finish) {
   const int64_t pieces = (H + 15) / 16;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, pieces)));
+  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, pieces)));
+#pragma omp parallel num_threads(parts)
+  {
+    const int64_t part = omp_get_thread_num(), count = omp_get_num_threads();
+    const int64_t h0 = std::min(H, pieces * part / count * 16), h1 = std::min(H, pieces * (part + 1) / count * 16);
+    const int64_t w = h1 - h0;
+    std::vector<double> s1(w, 0.0), s2(w, 0.0);
+    double* p1 = s1.data();
+    double* p2 = s2.data();
+    const Term local = term;  // a thread's own copy: its captures go to registers, and the loop vectorises
+    for (int64_t r = 0; r < B; ++r) {
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) {
+        double t1, t2;
+        local(r, h0 + j, t1, t2);
+        p1[j] += t1;
+        p2[j] += t2;
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) finish(h0 + j, p1[j], p2[j]);
+  }
 }
 
 }  // namespace
 
 extern "C" {
 
-// z [B, H]; gamma, beta [H]; uniform [B, H] int16 (null: no dropout): kept where uniform >= threshold, then
-// scaled by `scale`. Writes y [B, H], and per column the mean, 1 / sqrt(biased var + eps) and the biased var.
-void aim_bnrd_forward(const float* z, const float* gamma, const float* beta, const int16_t* uniform,
-                      int threshold, float scale, double eps, int64_t B, int64_t H, int threads, float* y,
-                      float* mean_out, float* rstd_out, float* var_out) {
+// z [B, H]; gamma, beta [H]. Dropout where drop > 0: an element is kept where keyed_word >= drop << 16 (index
+// r * H + h, key `key`), then scaled by `scale`. Writes y [B, H], and per column the mean, 1 / sqrt(biased var +
+// eps) and the biased var.
+void aim_bnrd_forward(const float* z, const float* gamma, const float* beta, uint64_t key, uint32_t drop,
+                      float scale, double eps, int64_t B, int64_t H, int threads, float* y, float* mean_out,
+                      float* rstd_out, float* var_out) {
   std::vector<float> a(H), c(H);
-  const int parts = threads_for(H, threads);
-#pragma omp parallel num_threads(parts)
-  {
-    int64_t h0, h1;
-    column_range(H, omp_get_thread_num(), omp_get_num_threads(), h0, h1);
-    const int64_t w = h1 - h0;
-    std::vector<double> sum(w, 0.0), sumsq(w, 0.0);
-    for (int64_t r = 0; r < B; ++r) {
-      const float* row = z + r * H + h0;
-#pragma omp simd
-      for (int64_t j = 0; j < w; ++j) {
-        const double v = row[j];
-        sum[j] += v;
-        sumsq[j] += v * v;
-      }
-    }
-    for (int64_t j = 0; j < w; ++j) {
-      const double mean = sum[j] / B;
-      const double var = std::max(sumsq[j] / B - mean * mean, 0.0);
-      const double rstd = 1.0 / std::sqrt(var + eps);
-      mean_out[h0 + j] = static_cast<float>(mean);
-      rstd_out[h0 + j] = static_cast<float>(rstd);
-      var_out[h0 + j] = static_cast<float>(var);
-      a[h0 + j] = static_cast<float>(gamma[h0 + j] * rstd);  // y = relu(a z + c): the normalisation folded
-      c[h0 + j] = static_cast<float>(beta[h0 + j] - mean * gamma[h0 + j] * rstd);
-    }
-  }
-  const float* pa = a.data();
-  const float* pc = c.data();
+  float* pa = a.data();
+  float* pc = c.data();
+  column_sums(
+      B, H, threads,
+      [=](int64_t r, int64_t h, double& t1, double& t2) {
+        const double v = z[r * H + h];
+        t1 = v;
+        t2 = v * v;
+      },
+      [=](int64_t h, double sum, double sumsq) {
+        const double mean = sum / B;
+        const double var = std::max(sumsq / B - mean * mean, 0.0);
+        const double rstd = 1.0 / std::sqrt(var + eps);
+        mean_out[h] = static_cast<float>(mean);
+        rstd_out[h] = static_cast<float>(rstd);
+        var_out[h] = static_cast<float>(var);
+        pa[h] = static_cast<float>(gamma[h] * rstd);  // y = relu(a z + c): the normalisation folded
+        pc[h] = static_cast<float>(beta[h] - mean * gamma[h] * rstd);
+      });
+  const uint32_t lo_k = static_cast<uint32_t>(key), hi_k = static_cast<uint32_t>(key >> 32);
+  const uint32_t cut = drop << 16;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < B; ++r) {
     const float* zr = z + r * H;
     float* yr = y + r * H;
-    if (uniform == nullptr) {
+    if (drop == 0) {
 #pragma omp simd
       for (int64_t h = 0; h < H; ++h) yr[h] = std::max(pa[h] * zr[h] + pc[h], 0.0f);
-    } else {
-      const int16_t* ur = uniform + r * H;
-#pragma omp simd
-      for (int64_t h = 0; h < H; ++h) {
-        const float v = std::max(pa[h] * zr[h] + pc[h], 0.0f) * scale;
-        yr[h] = ur[h] >= threshold ? v : 0.0f;
-      }
+      continue;
     }
+    index_spans(static_cast<uint64_t>(r) * H, H, [=](int64_t off, int64_t n, uint32_t lo, uint32_t hi) {
+      const uint32_t hi_ki = hi_k ^ hi;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t h = off + j;
+        const float v = std::max(pa[h] * zr[h] + pc[h], 0.0f) * scale;
+        yr[h] = keyed_word(lo + static_cast<uint32_t>(j), lo_k, hi_ki) >= cut ? v : 0.0f;
+      }
+    });
   }
 }
 
@@ -94,38 +143,24 @@ void aim_bnrd_backward(const float* dy, const float* y, const float* z, const fl
                        const float* gamma, float scale, int64_t B, int64_t H, int threads, float* dz,
                        float* dgamma, float* dbeta) {
   std::vector<float> k(H), m1(H), m2(H);
-  const int parts = threads_for(H, threads);
-#pragma omp parallel num_threads(parts)
-  {
-    int64_t h0, h1;
-    column_range(H, omp_get_thread_num(), omp_get_num_threads(), h0, h1);
-    const int64_t w = h1 - h0;
-    std::vector<double> sg(w, 0.0), sgx(w, 0.0);
-    const float* mu = mean + h0;
-    const float* rs = rstd + h0;
-    for (int64_t r = 0; r < B; ++r) {
-      const float* dyr = dy + r * H + h0;
-      const float* yr = y + r * H + h0;
-      const float* zr = z + r * H + h0;
-#pragma omp simd
-      for (int64_t j = 0; j < w; ++j) {
-        const float g = dyr[j] * (yr[j] > 0.0f ? scale : 0.0f);  // both loads unconditional: vectorised
-        sg[j] += g;
-        sgx[j] += static_cast<double>(g) * ((zr[j] - mu[j]) * rs[j]);
-      }
-    }
-    for (int64_t j = 0; j < w; ++j) {
-      const int64_t h = h0 + j;
-      dbeta[h] = static_cast<float>(sg[j]);
-      dgamma[h] = static_cast<float>(sgx[j]);
-      k[h] = gamma[h] * rstd[h];  // dz = gamma rstd (g - mean(g) - xhat mean(g xhat))
-      m1[h] = static_cast<float>(sg[j] / B);
-      m2[h] = static_cast<float>(sgx[j] / B);
-    }
-  }
-  const float* pk = k.data();
-  const float* p1 = m1.data();
-  const float* p2 = m2.data();
+  float* pk = k.data();
+  float* p1 = m1.data();
+  float* p2 = m2.data();
+  column_sums(
+      B, H, threads,
+      [=](int64_t r, int64_t h, double& t1, double& t2) {
+        const int64_t i = r * H + h;
+        const float g = dy[i] * (y[i] > 0.0f ? scale : 0.0f);  // both loads unconditional: vectorised
+        t1 = g;
+        t2 = static_cast<double>(g) * ((z[i] - mean[h]) * rstd[h]);
+      },
+      [=](int64_t h, double sg, double sgx) {
+        dbeta[h] = static_cast<float>(sg);
+        dgamma[h] = static_cast<float>(sgx);
+        pk[h] = gamma[h] * rstd[h];  // dz = gamma rstd (g - mean(g) - xhat mean(g xhat))
+        p1[h] = static_cast<float>(sg / B);
+        p2[h] = static_cast<float>(sgx / B);
+      });
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < B; ++r) {
     const float* dyr = dy + r * H;
@@ -138,6 +173,36 @@ void aim_bnrd_backward(const float* dy, const float* y, const float* z, const fl
       const float xhat = (zr[h] - mean[h]) * rstd[h];
       dzr[h] = pk[h] * (g - p1[h] - xhat * p2[h]);
     }
+  }
+}
+
+// Dropout of n float32 values whose indices start at `first` (0 but in tests): out[k] = x[k] * scale where
+// keyed_word(first + k, key) >= drop << 16, else 0. With x null it writes the mask itself (scale or 0). Being
+// linear, the same call with the same key is the backward.
+void aim_dropout(const float* x, uint64_t key, uint32_t drop, float scale, uint64_t first, int64_t n, int threads,
+                 float* out) {
+  const uint32_t lo_k = static_cast<uint32_t>(key), hi_k = static_cast<uint32_t>(key >> 32);
+  const uint32_t cut = drop << 16;
+  constexpr int64_t block = 1 << 14;
+  const int64_t blocks = (n + block - 1) / block;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t start = b * block;
+    index_spans(first + static_cast<uint64_t>(start), std::min(block, n - start),
+                [=](int64_t off, int64_t count, uint32_t lo, uint32_t hi) {
+                  const uint32_t hi_ki = hi_k ^ hi;
+                  float* os = out + start + off;
+                  if (x == nullptr) {
+#pragma omp simd
+                    for (int64_t j = 0; j < count; ++j)
+                      os[j] = keyed_word(lo + static_cast<uint32_t>(j), lo_k, hi_ki) >= cut ? scale : 0.0f;
+                  } else {
+                    const float* xs = x + start + off;
+#pragma omp simd
+                    for (int64_t j = 0; j < count; ++j)
+                      os[j] = xs[j] * (keyed_word(lo + static_cast<uint32_t>(j), lo_k, hi_ki) >= cut ? scale : 0.0f);
+                  }
+                });
   }
 }
 
