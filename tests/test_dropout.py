@@ -107,3 +107,16 @@ def test_the_words_look_uniform_and_independent():
     for a, b in ((keep[:, 1:], keep[:, :-1]), (keep[1:], keep[:-1])):
         corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
         assert abs(corr) < 0.005  # 1e6 pairs: the standard error is 0.001
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_other_dtypes_get_the_same_mask_from_either_path(dtype, monkeypatch):
+    """bf16 (autocast) and float64 masks: the kernel's keep decisions, the scale rounded to the dtype, as the torch
+    twin gives them."""
+    if mlp_kernel() is None:
+        pytest.skip("the native kernel did not build here (no C++ compiler, or AIM_NATIVE=0)")
+    torch.manual_seed(2)
+    native = dropout_mask((300, 77), 0.2, dtype)
+    monkeypatch.setattr(dropout_module, "mlp_kernel", lambda: None)
+    torch.manual_seed(2)
+    assert torch.equal(native, dropout_mask((300, 77), 0.2, dtype)) and native.dtype == dtype

@@ -84,11 +84,12 @@ def dropout_mask(
     key, drop, scale = dropout_draw(p)
     n = math.prod(shape)
     lib = mlp_kernel()
-    if lib is not None and dtype == torch.float32:
-        mask = torch.empty(shape, dtype=dtype)
-        lib.aim_dropout(None, key, drop, scale, 0, n, torch.get_num_threads(), mask.data_ptr())
-        return mask
-    return ((keyed_words(key, n) >> 16) >= drop).view(shape).to(dtype).mul_(scale)
+    if lib is None:
+        return ((keyed_words(key, n) >> 16) >= drop).view(shape).to(dtype).mul_(scale)
+    mask = torch.empty(shape, dtype=torch.float32)
+    lib.aim_dropout(None, key, drop, scale, 0, n, torch.get_num_threads(), mask.data_ptr())
+    # Another dtype (bf16 under autocast, float64 in tests) gets the scale rounded to that dtype, as the torch path
+    return mask if dtype == torch.float32 else (mask != 0).to(dtype).mul_(scale)
 
 
 class _NativeDropout(torch.autograd.Function):

@@ -25,20 +25,24 @@ class FP32Linear(nn.Linear):
             return F.linear(x.to(self.weight.dtype), self.weight, self.bias)  # float32 weights: a float32 logit
 
 
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}  # the kernel's element types
+
+
 class _BatchNormReLUDropout(torch.autograd.Function):
-    """Training batch norm -> ReLU -> dropout of a float32 [B, H] on CPU, in the native kernel: two passes forward,
-    two backward, where torch's separate ops take about eight each way (``csrc/batch_norm_relu_dropout.cpp``).
-    Returns y and, not differentiable, the batch's mean and biased variance (for the running statistics)."""
+    """Training batch norm -> ReLU -> dropout of a float32 or bf16 [B, H] on CPU, in the native kernel: two passes
+    forward, two backward, where torch's separate ops take about eight each way
+    (``csrc/batch_norm_relu_dropout.cpp``). Returns y (z's dtype) and, not differentiable, the batch's mean and
+    biased variance in float32 (for the running statistics)."""
 
     @staticmethod
     def forward(ctx, z: Tensor, gamma: Tensor, beta: Tensor, key: int, drop: int, scale: float,
                 eps: float) -> tuple[Tensor, Tensor, Tensor]:
-        lib = mlp_kernel()
+        function = getattr(mlp_kernel(), f"aim_bnrd_forward_{_SUFFIX[z.dtype]}")
         batch, width = z.shape
         y = torch.empty_like(z)
-        mean, rstd, var = (z.new_empty(width) for _ in range(3))
-        lib.aim_bnrd_forward(z.data_ptr(), gamma.data_ptr(), beta.data_ptr(), key, drop, scale, eps, batch, width,
-                             torch.get_num_threads(), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), var.data_ptr())
+        mean, rstd, var = (gamma.new_empty(width) for _ in range(3))
+        function(z.data_ptr(), gamma.data_ptr(), beta.data_ptr(), key, drop, scale, eps, batch, width,
+                 torch.get_num_threads(), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(), var.data_ptr())
         ctx.save_for_backward(y, z, mean, rstd, gamma)
         ctx.scale = scale
         ctx.mark_non_differentiable(mean, var)
@@ -47,22 +51,24 @@ class _BatchNormReLUDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor, _mean: Tensor, _var: Tensor) -> tuple[Tensor | None, ...]:
         y, z, mean, rstd, gamma = ctx.saved_tensors
-        grad = grad.contiguous()
+        grad = grad.to(z.dtype).contiguous()
         batch, width = z.shape
         dz = torch.empty_like(z)
         dgamma, dbeta = gamma.new_empty(width), gamma.new_empty(width)
-        mlp_kernel().aim_bnrd_backward(grad.data_ptr(), y.data_ptr(), z.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-                                       gamma.data_ptr(), ctx.scale, batch, width, torch.get_num_threads(),
-                                       dz.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr())
+        function = getattr(mlp_kernel(), f"aim_bnrd_backward_{_SUFFIX[z.dtype]}")
+        function(grad.data_ptr(), y.data_ptr(), z.data_ptr(), mean.data_ptr(), rstd.data_ptr(), gamma.data_ptr(),
+                 ctx.scale, batch, width, torch.get_num_threads(), dz.data_ptr(), dgamma.data_ptr(),
+                 dbeta.data_ptr())
         return dz, dgamma, dbeta, None, None, None, None
 
 
 def fused_hidden_layer(z: Tensor, norm: nn.BatchNorm1d, dropout: Dropout | None) -> Tensor | None:
     """``dropout(relu(norm(z)))`` in training mode through the native kernel, updating ``norm``'s running statistics
-    as torch does; None where the kernel does not apply (not CPU float32, autocast, no kernel, other settings)."""
-    if (z.device.type != "cpu" or z.dtype != torch.float32 or z.dim() != 2 or z.shape[0] < 2
-            or torch.is_autocast_enabled("cpu") or not norm.affine or not norm.track_running_stats
-            or norm.momentum is None or norm.weight.dtype != torch.float32 or mlp_kernel() is None):
+    as torch does; None where the kernel does not apply (not a float32 or bf16 z on CPU, no kernel, other settings).
+    Under bf16 autocast z is bf16 and so is the result, as with torch's batch norm; statistics stay float32."""
+    if (z.device.type != "cpu" or z.dtype not in _SUFFIX or z.dim() != 2 or z.shape[0] < 2
+            or not norm.affine or not norm.track_running_stats or norm.momentum is None
+            or norm.weight.dtype != torch.float32 or mlp_kernel() is None):
         return None
     key, drop, scale = 0, 0, 1.0  # drop level 0: no dropout
     if dropout is not None and dropout.p > 0:
@@ -78,7 +84,8 @@ def fused_hidden_layer(z: Tensor, norm: nn.BatchNorm1d, dropout: Dropout | None)
 class MLP(nn.Module):
     """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer, then a linear output (if ``out_dim``).
 
-    In training on CPU (float32), a hidden layer's batch norm, ReLU and dropout run as one native op
+    In training on CPU (float32, or bf16 under autocast), a hidden layer's batch norm, ReLU and dropout run as one
+    native op
     (``fused_hidden_layer``); the modules stay as they are, so checkpoints and ``state_dict`` do not change.
     """
 

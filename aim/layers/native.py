@@ -45,9 +45,10 @@ PAIR_SIGNATURES = {f"aim_pair_{way}_{suffix}": types for way, types in (("forwar
                    for suffix in ("f32", "f64")}
 MLP_SIGNATURES = {
     # (z, gamma, beta, key, drop, scale, eps, batch, width, threads, y, mean, rstd, var)
-    "aim_bnrd_forward": [_P] * 3 + [_U64, _U32, _F32, _F64, _I64, _I64, _INT] + [_P] * 4,
+    **{f"aim_bnrd_forward_{t}": [_P] * 3 + [_U64, _U32, _F32, _F64, _I64, _I64, _INT] + [_P] * 4
+       for t in ("f32", "bf16")},
     # (dy, y, z, mean, rstd, gamma, scale, batch, width, threads, dz, dgamma, dbeta)
-    "aim_bnrd_backward": [_P] * 6 + [_F32, _I64, _I64, _INT] + [_P] * 3,
+    **{f"aim_bnrd_backward_{t}": [_P] * 6 + [_F32, _I64, _I64, _INT] + [_P] * 3 for t in ("f32", "bf16")},
     # (x or null, key, drop, scale, first index, n, threads, out)
     "aim_dropout": [_P, _U64, _U32, _F32, _U64, _I64, _INT, _P],
 }

@@ -85,23 +85,32 @@ void column_sums(int64_t B, int64_t H, int threads, Term term, Finish finish) {
   }
 }
 
-}  // namespace
+// The activations' element type: float32, or bfloat16 (its 16 bits, as in torch; under bf16 autocast a Linear's
+// output is bf16). Arithmetic is in float and sums in double either way; a bf16 result is rounded to nearest even.
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline float load(const uint16_t* p, int64_t i) {
+  return __builtin_bit_cast(float, static_cast<uint32_t>(p[i]) << 16);
+}
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+inline void store(uint16_t* p, int64_t i, float v) {
+  const uint32_t u = __builtin_bit_cast(uint32_t, v);
+  p[i] = v != v ? uint16_t{0x7fc0} : static_cast<uint16_t>((u + 0x7fffU + ((u >> 16) & 1U)) >> 16);
+}
 
-extern "C" {
-
-// z [B, H]; gamma, beta [H]. Dropout where drop > 0: an element is kept where keyed_word >= drop << 16 (index
-// r * H + h, key `key`), then scaled by `scale`. Writes y [B, H], and per column the mean, 1 / sqrt(biased var +
-// eps) and the biased var.
-void aim_bnrd_forward(const float* z, const float* gamma, const float* beta, uint64_t key, uint32_t drop,
-                      float scale, double eps, int64_t B, int64_t H, int threads, float* y, float* mean_out,
-                      float* rstd_out, float* var_out) {
+// z [B, H]; gamma, beta [H] (float). Dropout where drop > 0: an element is kept where keyed_word >= drop << 16
+// (index r * H + h, key `key`), then scaled by `scale`. Writes y [B, H], and per column the mean,
+// 1 / sqrt(biased var + eps) and the biased var.
+template <class T>
+void bnrd_forward(const T* z, const float* gamma, const float* beta, uint64_t key, uint32_t drop, float scale,
+                  double eps, int64_t B, int64_t H, int threads, T* y, float* mean_out, float* rstd_out,
+                  float* var_out) {
   std::vector<float> a(H), c(H);
   float* pa = a.data();
   float* pc = c.data();
   column_sums(
       B, H, threads,
       [=](int64_t r, int64_t h, double& t1, double& t2) {
-        const double v = z[r * H + h];
+        const double v = load(z, r * H + h);
         t1 = v;
         t2 = v * v;
       },
@@ -119,11 +128,11 @@ void aim_bnrd_forward(const float* z, const float* gamma, const float* beta, uin
   const uint32_t cut = drop << 16;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < B; ++r) {
-    const float* zr = z + r * H;
-    float* yr = y + r * H;
+    const T* zr = z + r * H;
+    T* yr = y + r * H;
     if (drop == 0) {
 #pragma omp simd
-      for (int64_t h = 0; h < H; ++h) yr[h] = std::max(pa[h] * zr[h] + pc[h], 0.0f);
+      for (int64_t h = 0; h < H; ++h) store(yr, h, std::max(pa[h] * load(zr, h) + pc[h], 0.0f));
       continue;
     }
     index_spans(static_cast<uint64_t>(r) * H, H, [=](int64_t off, int64_t n, uint32_t lo, uint32_t hi) {
@@ -131,17 +140,17 @@ void aim_bnrd_forward(const float* z, const float* gamma, const float* beta, uin
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const int64_t h = off + j;
-        const float v = std::max(pa[h] * zr[h] + pc[h], 0.0f) * scale;
-        yr[h] = keyed_word(lo + static_cast<uint32_t>(j), lo_k, hi_ki) >= cut ? v : 0.0f;
+        const float v = std::max(pa[h] * load(zr, h) + pc[h], 0.0f) * scale;
+        store(yr, h, keyed_word(lo + static_cast<uint32_t>(j), lo_k, hi_ki) >= cut ? v : 0.0f);
       }
     });
   }
 }
 
-// dy, y, z [B, H]; mean, rstd, gamma [H]. Writes dz [B, H], dgamma and dbeta [H].
-void aim_bnrd_backward(const float* dy, const float* y, const float* z, const float* mean, const float* rstd,
-                       const float* gamma, float scale, int64_t B, int64_t H, int threads, float* dz,
-                       float* dgamma, float* dbeta) {
+// dy, y, z [B, H]; mean, rstd, gamma [H] (float). Writes dz [B, H], dgamma and dbeta [H] (float).
+template <class T>
+void bnrd_backward(const T* dy, const T* y, const T* z, const float* mean, const float* rstd, const float* gamma,
+                   float scale, int64_t B, int64_t H, int threads, T* dz, float* dgamma, float* dbeta) {
   std::vector<float> k(H), m1(H), m2(H);
   float* pk = k.data();
   float* p1 = m1.data();
@@ -150,9 +159,9 @@ void aim_bnrd_backward(const float* dy, const float* y, const float* z, const fl
       B, H, threads,
       [=](int64_t r, int64_t h, double& t1, double& t2) {
         const int64_t i = r * H + h;
-        const float g = dy[i] * (y[i] > 0.0f ? scale : 0.0f);  // both loads unconditional: vectorised
+        const float g = load(dy, i) * (load(y, i) > 0.0f ? scale : 0.0f);  // both loads unconditional: vectorised
         t1 = g;
-        t2 = static_cast<double>(g) * ((z[i] - mean[h]) * rstd[h]);
+        t2 = static_cast<double>(g) * ((load(z, i) - mean[h]) * rstd[h]);
       },
       [=](int64_t h, double sg, double sgx) {
         dbeta[h] = static_cast<float>(sg);
@@ -163,18 +172,37 @@ void aim_bnrd_backward(const float* dy, const float* y, const float* z, const fl
       });
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < B; ++r) {
-    const float* dyr = dy + r * H;
-    const float* yr = y + r * H;
-    const float* zr = z + r * H;
-    float* dzr = dz + r * H;
+    const T* dyr = dy + r * H;
+    const T* yr = y + r * H;
+    const T* zr = z + r * H;
+    T* dzr = dz + r * H;
 #pragma omp simd
     for (int64_t h = 0; h < H; ++h) {
-      const float g = dyr[h] * (yr[h] > 0.0f ? scale : 0.0f);
-      const float xhat = (zr[h] - mean[h]) * rstd[h];
-      dzr[h] = pk[h] * (g - p1[h] - xhat * p2[h]);
+      const float g = load(dyr, h) * (load(yr, h) > 0.0f ? scale : 0.0f);
+      const float xhat = (load(zr, h) - mean[h]) * rstd[h];
+      store(dzr, h, pk[h] * (g - p1[h] - xhat * p2[h]));
     }
   }
 }
+
+}  // namespace
+
+extern "C" {
+
+#define AIM_BNRD(suffix, T)                                                                                        \
+  void aim_bnrd_forward_##suffix(const T* z, const float* gamma, const float* beta, uint64_t key, uint32_t drop,   \
+                                 float scale, double eps, int64_t B, int64_t H, int threads, T* y, float* mean,    \
+                                 float* rstd, float* var) {                                                        \
+    bnrd_forward(z, gamma, beta, key, drop, scale, eps, B, H, threads, y, mean, rstd, var);                       \
+  }                                                                                                                \
+  void aim_bnrd_backward_##suffix(const T* dy, const T* y, const T* z, const float* mean, const float* rstd,       \
+                                  const float* gamma, float scale, int64_t B, int64_t H, int threads, T* dz,       \
+                                  float* dgamma, float* dbeta) {                                                   \
+    bnrd_backward(dy, y, z, mean, rstd, gamma, scale, B, H, threads, dz, dgamma, dbeta);                          \
+  }
+AIM_BNRD(f32, float)
+AIM_BNRD(bf16, uint16_t)
+#undef AIM_BNRD
 
 // Dropout of n float32 values whose indices start at `first` (0 but in tests): out[k] = x[k] * scale where
 // keyed_word(first + k, key) >= drop << 16, else 0. With x null it writes the mask itself (scale or 0). Being
