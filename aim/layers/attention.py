@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aim.layers.dropout import dropout_mask
-from aim.layers.native import pair_kernel
+from aim.layers.native import attention_kernel, pair_kernel
 
 
 class AttentionNet(nn.Module):
@@ -53,16 +53,52 @@ class MultiHeadSelfAttention(nn.Module):
     def attend(self, x: Tensor) -> Tensor:
         """The layer before its ReLU: ``concat_h(attention_h) + W_res e``, [B, n, heads * head_dim]."""
         batch, fields, _ = x.shape
-        q, k, v = self.qkv(x).view(batch, fields, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x)
         # The AutoInt paper uses the plain inner product <q, k>; `scaled` divides by sqrt(head_dim).
-        out = _self_attention(q, k, v, None if self.scaled else 1.0)  # [B, heads, n, head_dim]
-        out = out.transpose(1, 2).reshape(batch, fields, self.out_dim)
+        scale = self.head_dim ** -0.5 if self.scaled else 1.0
+        if x.device.type == "cpu" and qkv.dtype != torch.float64 and attention_kernel() is not None:
+            # float32 in the kernel, also under bf16 autocast (a [B, n, 3 * heads * head_dim] cast, small)
+            out = _FieldAttention.apply(qkv.float().contiguous(), self.heads, self.head_dim, scale)
+        else:
+            q, k, v = qkv.view(batch, fields, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            out = _self_attention(q, k, v, scale)  # [B, heads, n, head_dim]
+            out = out.transpose(1, 2).reshape(batch, fields, self.out_dim)
         if self.residual is not None:
             out = out + self.residual(x)
         return out
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.attend(x))
+
+
+class _FieldAttention(torch.autograd.Function):
+    """``softmax(scale · q kᵀ) v`` per row and head in the native kernel (``csrc/field_attention.cpp``), read from
+    the qkv projection's output [B, n, 3 · heads · head_dim] and written as [B, n, heads · head_dim]. Keeps the
+    softmax weights for the backward (B · heads · n² floats, in the kernel's own layout)."""
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, heads: int, head_dim: int, scale: float) -> Tensor:
+        batch, fields, _ = qkv.shape
+        lib = attention_kernel()
+        out = qkv.new_empty(batch, fields, heads * head_dim)
+        attn = qkv.new_empty(lib.aim_field_attention_buffer(batch, fields, heads))
+        lib.aim_field_attention_forward(qkv.data_ptr(), batch, fields, heads, head_dim, scale,
+                                        torch.get_num_threads(), out.data_ptr(), attn.data_ptr())
+        ctx.save_for_backward(qkv, attn)
+        ctx.shape = heads, head_dim, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        qkv, attn = ctx.saved_tensors
+        heads, head_dim, scale = ctx.shape
+        grad = grad.float().contiguous()
+        batch, fields, _ = qkv.shape
+        dqkv = torch.empty_like(qkv)
+        attention_kernel().aim_field_attention_backward(qkv.data_ptr(), attn.data_ptr(), grad.data_ptr(), batch,
+                                                        fields, heads, head_dim, scale, torch.get_num_threads(),
+                                                        dqkv.data_ptr())
+        return dqkv, None, None, None
 
 
 def _self_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:

@@ -1,6 +1,7 @@
 """Native CPU kernels, built on first use: the AFM / IFM pair term (``csrc/attentive_pair_sum.cpp``), an MLP
-hidden layer's batch norm, ReLU and dropout, and dropout alone (``csrc/batch_norm_relu_dropout.cpp``), and an
-embedding lookup's backward (``csrc/index_add_rows.cpp``).
+hidden layer's batch norm, ReLU and dropout, and dropout alone (``csrc/batch_norm_relu_dropout.cpp``), an
+embedding lookup's backward (``csrc/index_add_rows.cpp``) and AutoInt's attention over a row's fields
+(``csrc/field_attention.cpp``).
 
 The torch version of the fused pair term (``attention._AttentivePairSum``) is about 25 small ops per chunk of
 rows; at Frappe's shapes it reached 2-3.5x DeepCTR-Torch's AFM, short of the model issue's 5x. The C++ kernel
@@ -9,9 +10,9 @@ second with the system's C++ compiler. It is compiled for the CPU it runs on (``
 is cached per source, compiler and CPU (the file name is a hash of the three) in ``$AIM_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/aim-ctr``, else ``~/.cache/aim-ctr``.
 
-Without a compiler, or when the build fails, ``pair_kernel()``, ``mlp_kernel()`` and ``rows_kernel()`` warn once
-and return None, and the layer keeps the torch path. ``AIM_NATIVE=0`` turns the kernels off (the torch path is
-then the reference the tests compare the kernels with).
+Without a compiler, or when the build fails, ``pair_kernel()``, ``mlp_kernel()``, ``rows_kernel()`` and
+``attention_kernel()`` warn once and return None, and the layer keeps the torch path. ``AIM_NATIVE=0`` turns the
+kernels off (the torch path is then the reference the tests compare the kernels with).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("csrc") / "attentive_pair_sum.cpp"
 MLP_SOURCE = Path(__file__).with_name("csrc") / "batch_norm_relu_dropout.cpp"
 ROWS_SOURCE = Path(__file__).with_name("csrc") / "index_add_rows.cpp"
+ATTENTION_SOURCE = Path(__file__).with_name("csrc") / "field_attention.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 
 _P, _INT, _I64, _U32, _U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint64
@@ -51,6 +53,12 @@ MLP_SIGNATURES = {
     **{f"aim_bnrd_backward_{t}": [_P] * 6 + [_F32, _I64, _I64, _INT] + [_P] * 3 for t in ("f32", "bf16")},
     # (x or null, key, drop, scale, first index, n, threads, out)
     "aim_dropout": [_P, _U64, _U32, _F32, _U64, _I64, _INT, _P],
+}
+ATTENTION_SIGNATURES = {
+    # (qkv, batch, fields, heads, head_dim, scale, threads, out, attn)
+    "aim_field_attention_forward": [_P, _I64, _I64, _I64, _I64, _F32, _INT, _P, _P],
+    # (qkv, attn, dout, batch, fields, heads, head_dim, scale, threads, dqkv)
+    "aim_field_attention_backward": [_P, _P, _P, _I64, _I64, _I64, _I64, _F32, _INT, _P],
 }
 ROWS_SIGNATURES = {f"aim_index_add_rows_{suffix}": [_P, _P, _I64, _I64, _P] for suffix in ("i64", "i32")}
 
@@ -144,3 +152,13 @@ def mlp_kernel() -> ctypes.CDLL | None:
 def rows_kernel() -> ctypes.CDLL | None:
     """The loaded row-sum kernel of an embedding lookup's backward, or None (as ``pair_kernel``)."""
     return _load(ROWS_SOURCE, ROWS_SIGNATURES, "an embedding lookup's backward", "index_add_")
+
+
+@functools.cache
+def attention_kernel() -> ctypes.CDLL | None:
+    """The loaded kernel of AutoInt's self-attention over a row's fields, or None (as ``pair_kernel``)."""
+    lib = _load(ATTENTION_SOURCE, ATTENTION_SIGNATURES, "AutoInt's attention", "torch's attention")
+    if lib is not None:  # the size in floats of the softmax weights the forward keeps for the backward
+        lib.aim_field_attention_buffer.argtypes = [_I64, _I64, _I64]
+        lib.aim_field_attention_buffer.restype = _I64
+    return lib
