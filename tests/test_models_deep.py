@@ -129,6 +129,19 @@ def test_mlp_in_eval_folds_batch_norm_into_the_linear_layers() -> None:
     torch.testing.assert_close(mlp(x), mlp.net(x))  # folded forward == the layers one by one
 
 
+def test_a_linear_before_batch_norm_has_no_bias() -> None:
+    """The norm subtracts the batch mean and adds its own shift, so a bias there would be a parameter that does
+    nothing; without batch norm the hidden layers keep theirs."""
+    from aim.layers import MLP
+
+    with_norm, without = MLP(6, [8, 5], batch_norm=True), MLP(6, [8, 5], batch_norm=False)
+    linears = [m for m in with_norm.net if isinstance(m, nn.Linear)]
+    assert [m.bias is None for m in linears] == [True, True, False]  # the logit layer keeps its bias
+    assert all(m.bias is not None for m in without.net if isinstance(m, nn.Linear))
+    count = {mlp: sum(p.numel() for p in mlp.parameters()) for mlp in (with_norm, without)}
+    assert count[with_norm] - count[without] == 2 * (8 + 5) - (8 + 5)  # the norms' scale and shift, less the biases
+
+
 def test_deepfm_without_its_mlp_is_the_fm() -> None:
     model = build("deepfm", **SMALL["deepfm"])
     last = model.mlp.net[-1]

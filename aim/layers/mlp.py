@@ -100,7 +100,10 @@ class MLP(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for width in hidden:
-            layers.append(nn.Linear(in_dim, width))
+            # Before a batch norm a bias does nothing: the norm subtracts the batch mean, bias included, and its own
+            # shift takes the bias's place. Without it the product is a plain mm (no [B, width] bias copy) and the
+            # backward has no bias reduction.
+            layers.append(nn.Linear(in_dim, width, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(width))
             # In place: neither Linear's nor BatchNorm's backward reads its output, and a fresh [B, 400] is one
@@ -129,7 +132,8 @@ class MLP(nn.Module):
             if isinstance(layer, nn.Linear) and k + 1 < len(layers) and isinstance(layers[k + 1], nn.BatchNorm1d):
                 norm = layers[k + 1]
                 scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-                x = F.linear(x, layer.weight * scale.unsqueeze(1), (layer.bias - norm.running_mean) * scale + norm.bias)
+                shift = norm.running_mean if layer.bias is None else norm.running_mean - layer.bias
+                x = F.linear(x, layer.weight * scale.unsqueeze(1), norm.bias - shift * scale)
             else:
                 x = layer(x)
         return x
