@@ -133,3 +133,30 @@ def prefect_harness() -> Any:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def take_kernel_path(path: str, monkeypatch: pytest.MonkeyPatch, module: Any, loader: str) -> None:
+    """Make ``module`` take one of its two CPU paths: "torch" has its kernel loader ``loader`` return None, "native"
+    keeps the kernel, or skips the test where the kernel did not build."""
+    if path == "torch":
+        monkeypatch.setattr(module, loader, lambda: None)
+    elif getattr(module, loader)() is None:
+        pytest.skip(f"the native kernel behind {loader}() did not build here (no C++ compiler, or AIM_NATIVE=0)")
+
+
+def assert_same_bits_with_one_thread_or_two(run: Any) -> None:
+    """Call ``run`` (which returns tensors) with torch on one thread, then two, and assert every tensor is equal bit for
+    bit; the thread count is restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(list(run()))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(results[0]) == len(results[1]) > 0
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

@@ -10,6 +10,7 @@ from aim.data import CTRData, FieldSpec, concat, from_arrow
 from aim.layers import FieldEmbedding, Interaction, NumericEmbedding, combination_index, masked_mean, pair_index
 from aim.layers.embedding import lookup
 from aim.models.fm import fm_pairwise
+from tests.conftest import take_kernel_path
 
 FIELDS = (FieldSpec("a", 6), FieldSpec("tags", 9, max_length=3, multi_valued=True), FieldSpec("b", 5))
 
@@ -55,12 +56,8 @@ def test_lookup_gradients_equal_embeddings_and_are_the_same_on_every_run(
     for bit, run after run (CPU, the threads this machine has): each table row sums its gradients in the order the
     indices come."""
     import aim.layers.embedding as embedding_module
-    from aim.layers.native import rows_kernel
 
-    if not native:
-        monkeypatch.setattr(embedding_module, "rows_kernel", lambda: None)
-    elif rows_kernel() is None:
-        pytest.skip("the native row kernel did not build here (no C++ compiler, or AIM_NATIVE=0)")
+    take_kernel_path("native" if native else "torch", monkeypatch, embedding_module, "rows_kernel")
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(300, width, generator=gen, requires_grad=True)
     index = torch.randint(0, 300, (4096, 7), generator=gen).to(index_dtype)  # ~100 gradients per row

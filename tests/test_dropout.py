@@ -8,15 +8,13 @@ import aim.layers.dropout as dropout_module
 from aim.layers import Dropout, dropout_mask
 from aim.layers.dropout import dropout_draw, keyed_words
 from aim.layers.native import mlp_kernel
+from tests.conftest import take_kernel_path
 
 
 @pytest.fixture(params=["native", "torch"])
 def path(request, monkeypatch):
     """Run a test with the native kernel and with the torch twin of the generator."""
-    if request.param == "torch":
-        monkeypatch.setattr(dropout_module, "mlp_kernel", lambda: None)
-    elif mlp_kernel() is None:
-        pytest.skip("the native kernel did not build here (no C++ compiler, or AIM_NATIVE=0)")
+    take_kernel_path(request.param, monkeypatch, dropout_module, "mlp_kernel")
     return request.param
 
 

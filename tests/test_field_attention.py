@@ -8,6 +8,7 @@ import torch
 import aim.layers.attention as attention_module
 from aim.layers import MultiHeadSelfAttention
 from aim.layers.native import attention_kernel
+from tests.conftest import assert_same_bits_with_one_thread_or_two
 
 needs_kernel = pytest.mark.skipif(attention_kernel() is None,
                                   reason="the native attention kernel did not build here (no C++ compiler, or "
@@ -47,19 +48,14 @@ def test_the_kernel_gives_the_same_bits_with_one_thread_or_two():
     torch.manual_seed(1)
     qkv = torch.randn(100, 10, 30)
     grad = torch.randn(100, 10, 10)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            leaf = qkv.clone().requires_grad_()
-            out = attention_module._FieldAttention.apply(leaf, 2, 5, 1.0)
-            out.backward(grad)
-            results.append((out.detach(), leaf.grad))
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(*results, strict=True):
-        assert torch.equal(a, b)
+
+    def run() -> list[torch.Tensor]:
+        leaf = qkv.clone().requires_grad_()
+        out = attention_module._FieldAttention.apply(leaf, 2, 5, 1.0)
+        out.backward(grad)
+        return [out.detach(), leaf.grad]
+
+    assert_same_bits_with_one_thread_or_two(run)
 
 
 @needs_kernel

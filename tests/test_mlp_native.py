@@ -9,6 +9,7 @@ import torch
 import aim.layers.mlp as mlp_module
 from aim.layers import MLP
 from aim.layers.native import mlp_kernel
+from tests.conftest import assert_same_bits_with_one_thread_or_two
 
 needs_kernel = pytest.mark.skipif(mlp_kernel() is None,
                                   reason="the native MLP kernel did not build here (no C++ compiler, or AIM_NATIVE=0)")
@@ -111,21 +112,16 @@ def test_the_kernel_gives_the_same_bits_with_one_thread_or_two(dtype):
     torch.manual_seed(0)
     z = (torch.randn(1000, 96) * 2 + 0.5).to(dtype)
     gamma, beta = torch.rand(96) + 0.5, torch.randn(96) * 0.1
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            torch.manual_seed(3)
-            inputs = [t.clone().requires_grad_() for t in (z, gamma, beta)]
-            key, drop, scale = mlp_module.dropout_draw(0.2)
-            y, mean, var = mlp_module._BatchNormReLUDropout.apply(*inputs, key, drop, scale, 1e-5)
-            grads = torch.autograd.grad(y, inputs, torch.linspace(-1, 1, y.numel()).view_as(y).to(dtype))
-            results.append([y, mean, var, *grads])
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(*results, strict=True):
-        assert torch.equal(a, b)
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(3)
+        inputs = [t.clone().requires_grad_() for t in (z, gamma, beta)]
+        key, drop, scale = mlp_module.dropout_draw(0.2)
+        y, mean, var = mlp_module._BatchNormReLUDropout.apply(*inputs, key, drop, scale, 1e-5)
+        grads = torch.autograd.grad(y, inputs, torch.linspace(-1, 1, y.numel()).view_as(y).to(dtype))
+        return [y, mean, var, *grads]
+
+    assert_same_bits_with_one_thread_or_two(run)
 
 
 @needs_kernel

@@ -13,15 +13,13 @@ import torch.nn.functional as F
 import aim.layers.attention as attention_module
 from aim.layers import AttentionNet, attentive_pair_sum, dropout_mask, pair_index
 from aim.layers.native import pair_kernel
+from tests.conftest import assert_same_bits_with_one_thread_or_two, take_kernel_path
 
 
 @pytest.fixture(params=["torch", "native"])
 def path(request, monkeypatch):
     """Which CPU implementation ``attentive_pair_sum`` takes."""
-    if request.param == "torch":
-        monkeypatch.setattr(attention_module, "pair_kernel", lambda: None)
-    elif pair_kernel() is None:
-        pytest.skip("the native pair kernel did not build here (no C++ compiler, or AIM_NATIVE=0)")
+    take_kernel_path(request.param, monkeypatch, attention_module, "pair_kernel")
     return request.param
 
 
@@ -114,19 +112,14 @@ def test_the_native_kernel_gives_the_same_bits_with_one_thread_or_two():
     if pair_kernel() is None:
         pytest.skip("the native pair kernel did not build here (no C++ compiler, or AIM_NATIVE=0)")
     embedded, pairs, attention, values, mask = setup(rows=1000, fields=8, dim=10, hidden=16, dtype=torch.float32)
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            torch.manual_seed(3)
-            out = attentive_pair_sum(embedded, pairs, attention, values, mask, 2.0, 0.2)
-            params = [embedded, values, *attention.parameters()]
-            results.append([out, *torch.autograd.grad(out, params, torch.linspace(-1, 1, len(out)))])
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(*results, strict=True):
-        assert torch.equal(a, b)
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(3)
+        out = attentive_pair_sum(embedded, pairs, attention, values, mask, 2.0, 0.2)
+        params = [embedded, values, *attention.parameters()]
+        return [out, *torch.autograd.grad(out, params, torch.linspace(-1, 1, len(out)))]
+
+    assert_same_bits_with_one_thread_or_two(run)
 
 
 def test_int32_pair_indices_give_what_int64_ones_give(path):
