@@ -1,6 +1,7 @@
 """AutoInt's attention over a row's fields in the native kernel: what torch's attention gives (outputs and every
-gradient, with a ragged last block of rows, odd sizes, large scores), the same bits with any thread count, and
-the torch path when the kernel is off."""
+gradient, with a ragged last block of rows, odd sizes, large scores, with and without the residual and the ReLU),
+bf16 in and out with the float32 kernel's result rounded once, the same bits with any thread count, and the torch
+path when the kernel is off."""
 
 import pytest
 import torch
@@ -15,47 +16,69 @@ needs_kernel = pytest.mark.skipif(attention_kernel() is None,
                                          "AIM_NATIVE=0)")
 
 
-def forward_backward(layer: MultiHeadSelfAttention, x: torch.Tensor) -> list[torch.Tensor]:
+def forward_backward(layer: MultiHeadSelfAttention, x: torch.Tensor, relu: bool = True) -> list[torch.Tensor]:
     layer.zero_grad()
     leaf = x.clone().requires_grad_()
-    y = layer(leaf)
+    y = layer.attend(leaf, relu=relu)
     y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
     return [y.detach(), leaf.grad, *(p.grad for p in layer.parameters())]
 
 
 @needs_kernel
-@pytest.mark.parametrize(("rows", "fields", "heads", "head_dim", "scaled", "spread"), [
-    (257, 10, 2, 5, False, 1.0),  # AutoInt+ on Frappe; 257 rows: a last block of one row
-    (40, 23, 3, 7, True, 1.0),
-    (16, 4, 1, 32, True, 1.0),
-    (33, 10, 2, 5, False, 6.0),  # scores in the hundreds: the softmax must stay exact and finite
+@pytest.mark.parametrize(("rows", "fields", "heads", "head_dim", "scaled", "spread", "residual", "relu"), [
+    (257, 10, 2, 5, False, 1.0, True, True),  # AutoInt+ on Frappe; 257 rows: a last block of one row
+    (40, 23, 3, 7, True, 1.0, True, False),  # before a layer norm: no ReLU in the kernel
+    (16, 4, 1, 32, True, 1.0, False, True),
+    (20, 6, 2, 3, False, 1.0, False, False),
+    (33, 10, 2, 5, False, 6.0, True, True),  # scores in the hundreds: the softmax must stay exact and finite
 ])
-def test_the_kernel_gives_what_torchs_attention_gives(rows, fields, heads, head_dim, scaled, spread, monkeypatch):
+def test_the_kernel_gives_what_torchs_attention_gives(rows, fields, heads, head_dim, scaled, spread, residual,
+                                                      relu, monkeypatch):
     torch.manual_seed(0)
-    layer = MultiHeadSelfAttention(12, head_dim, heads, residual=True, scaled=scaled)
+    layer = MultiHeadSelfAttention(12, head_dim, heads, residual=residual, scaled=scaled)
     x = torch.randn(rows, fields, 12) * spread
-    ours = forward_backward(layer, x)
+    ours = forward_backward(layer, x, relu)
     monkeypatch.setattr(attention_module, "attention_kernel", lambda: None)
-    want = forward_backward(layer, x)
-    for name, a, b in zip(["output", "x", "qkv", "residual"], ours, want, strict=True):
+    want = forward_backward(layer, x, relu)
+    names = ["output", "x", "qkv", "residual"] if residual else ["output", "x", "qkv"]
+    if relu:
+        assert (ours[0] == 0).float().mean() > 0.2  # the ReLU's mask is exercised
+    for name, a, b in zip(names, ours, want, strict=True):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5 * b.abs().max().item(), msg=name)
+
+
+def run_kernel(proj: torch.Tensor, grad: torch.Tensor, residual: bool = True, relu: bool = True
+               ) -> list[torch.Tensor]:
+    """Output and d proj of the kernel at 2 heads of 5 (proj [B, n, 30 or 40])."""
+    leaf = proj.clone().requires_grad_()
+    out = attention_module._FieldAttention.apply(leaf, 2, 5, 1.0, residual, relu)
+    out.backward(grad)
+    return [out.detach(), leaf.grad]
+
+
+@needs_kernel
+@pytest.mark.parametrize(("residual", "relu"), [(True, True), (False, False)])
+def test_in_bf16_the_kernel_gives_the_float32_kernels_result_rounded_once(residual, relu):
+    """bf16 in and out, float32 inside: equal bit for bit to the float32 kernel on the same (bf16) numbers, each
+    result rounded by torch's .to(bfloat16)."""
+    torch.manual_seed(3)
+    proj = torch.randn(37, 10, 40 if residual else 30).bfloat16()
+    grad = torch.randn(37, 10, 10).bfloat16()
+    out, d_proj = run_kernel(proj, grad, residual, relu)
+    assert out.dtype == d_proj.dtype == torch.bfloat16
+    out32, d_proj32 = run_kernel(proj.float(), grad.float(), residual, relu)
+    assert torch.equal(out.view(torch.int16), out32.bfloat16().view(torch.int16))
+    assert torch.equal(d_proj.view(torch.int16), d_proj32.bfloat16().view(torch.int16))
 
 
 @needs_kernel
 def test_the_kernel_gives_the_same_bits_with_one_thread_or_two():
     """Rows are independent in the kernel (the projections around it are MKL's, not part of this promise)."""
     torch.manual_seed(1)
-    qkv = torch.randn(100, 10, 30)
+    proj = torch.randn(100, 10, 40)
     grad = torch.randn(100, 10, 10)
-
-    def run() -> list[torch.Tensor]:
-        leaf = qkv.clone().requires_grad_()
-        out = attention_module._FieldAttention.apply(leaf, 2, 5, 1.0)
-        out.backward(grad)
-        return [out.detach(), leaf.grad]
-
-    assert_same_bits_with_one_thread_or_two(run)
+    assert_same_bits_with_one_thread_or_two(lambda: run_kernel(proj, grad))
 
 
 @needs_kernel
@@ -65,9 +88,9 @@ def test_the_kernel_runs_on_cpu_float32_and_under_autocast_not_float64(monkeypat
     monkeypatch.setattr(attention_module._FieldAttention, "apply", lambda *a: calls.append(1) or real(*a))
     layer = MultiHeadSelfAttention(10, 5, 2)
     x = torch.randn(8, 10, 10)
-    layer(x)
+    assert layer(x).dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        layer(x)
+        assert layer(x).dtype == torch.bfloat16  # no casts around the kernel
     assert len(calls) == 2
     layer.double()(x.double())
     assert len(calls) == 2

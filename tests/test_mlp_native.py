@@ -157,3 +157,40 @@ def test_with_the_kernel_off_the_torch_ops_run(monkeypatch):
     finally:
         native.mlp_kernel.cache_clear()
         monkeypatch.delenv("AIM_NATIVE")
+
+
+def output_unit_step(layer: mlp_module.FP32Linear, x: torch.Tensor) -> list[torch.Tensor]:
+    """The logit, d x, d w and d b of one forward and backward of the output unit."""
+    layer.zero_grad()
+    leaf = x.clone().requires_grad_()
+    out = layer(leaf)
+    out.backward(torch.linspace(-2, 2, out.numel()).view_as(out))
+    return [out.detach(), leaf.grad, layer.weight.grad, layer.bias.grad]
+
+
+@needs_kernel
+def test_the_output_unit_gives_what_torchs_linear_gives_in_float32_and_from_bf16(monkeypatch):
+    torch.manual_seed(4)
+    layer = mlp_module.FP32Linear(400, 1)
+    x = torch.randn(300, 400)
+    calls = []
+    real = mlp_module._OutputUnit.apply
+    monkeypatch.setattr(mlp_module._OutputUnit, "apply", lambda *a: calls.append(a[0].dtype) or real(*a))
+    ours = output_unit_step(layer, x)
+    ours_bf16 = output_unit_step(layer, x.bfloat16())
+    assert calls == [torch.float32, torch.bfloat16]
+    monkeypatch.setattr(mlp_module, "mlp_kernel", lambda: None)  # torch's F.linear, on a float32 copy of x
+    want = output_unit_step(layer, x)
+    want_bf16 = output_unit_step(layer, x.bfloat16())
+    for got, expected in ((ours, want), (ours_bf16, want_bf16)):
+        assert got[0].dtype == torch.float32 and got[1].dtype == expected[1].dtype
+        for name, a, b in zip(["logit", "x", "weight", "bias"], got, expected, strict=True):
+            torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-5 * b.abs().max().item(), msg=name)
+
+
+@needs_kernel
+def test_the_output_unit_gives_the_same_bits_with_one_thread_or_two():
+    torch.manual_seed(6)
+    layer = mlp_module.FP32Linear(100, 1)
+    x = torch.randn(1000, 100)
+    assert_same_bits_with_one_thread_or_two(lambda: output_unit_step(layer, x))

@@ -50,55 +50,62 @@ class MultiHeadSelfAttention(nn.Module):
     def out_dim(self) -> int:
         return self.heads * self.head_dim
 
-    def attend(self, x: Tensor) -> Tensor:
-        """The layer before its ReLU: ``concat_h(attention_h) + W_res e``, [B, n, heads * head_dim]."""
+    def attend(self, x: Tensor, relu: bool = False) -> Tensor:
+        """``concat_h(attention_h) + W_res e`` [B, n, heads * head_dim], passed through a ReLU when ``relu``."""
         batch, fields, _ = x.shape
-        qkv = self.qkv(x)
+        # q, k, v and the residual projection in one product: [B, n, 3 * heads * head_dim (+ heads * head_dim)]
+        weight = self.qkv.weight if self.residual is None else torch.cat([self.qkv.weight, self.residual.weight])
+        proj = F.linear(x, weight)
         # The AutoInt paper uses the plain inner product <q, k>; `scaled` divides by sqrt(head_dim).
         scale = self.head_dim ** -0.5 if self.scaled else 1.0
-        if x.device.type == "cpu" and qkv.dtype != torch.float64 and attention_kernel() is not None:
-            # float32 in the kernel, also under bf16 autocast (a [B, n, 3 * heads * head_dim] cast, small)
-            out = _FieldAttention.apply(qkv.float().contiguous(), self.heads, self.head_dim, scale)
-        else:
-            q, k, v = qkv.view(batch, fields, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            out = _self_attention(q, k, v, scale)  # [B, heads, n, head_dim]
-            out = out.transpose(1, 2).reshape(batch, fields, self.out_dim)
-        if self.residual is not None:
-            out = out + self.residual(x)
-        return out
+        residual = self.residual is not None
+        if (x.device.type == "cpu" and proj.dtype in (torch.float32, torch.bfloat16)
+                and attention_kernel() is not None):
+            return _FieldAttention.apply(proj.contiguous(), self.heads, self.head_dim, scale, residual, relu)
+        width = 3 * self.out_dim
+        q, k, v = proj[..., :width].unflatten(-1, (3, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4)
+        out = _self_attention(q, k, v, scale)  # [B, heads, n, head_dim]
+        out = out.transpose(1, 2).reshape(batch, fields, self.out_dim)
+        if residual:
+            out = out + proj[..., width:]
+        return F.relu(out) if relu else out
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.attend(x))
+        return self.attend(x, relu=True)
 
 
 class _FieldAttention(torch.autograd.Function):
-    """``softmax(scale · q kᵀ) v`` per row and head in the native kernel (``csrc/field_attention.cpp``), read from
-    the qkv projection's output [B, n, 3 · heads · head_dim] and written as [B, n, heads · head_dim]. Keeps the
-    softmax weights for the backward (B · heads · n² floats, in the kernel's own layout)."""
+    """``[ReLU](softmax(scale · q kᵀ) v [+ residual])`` per row and head in the native kernel
+    (``csrc/field_attention.cpp``), read from the projection's output [B, n, (3 or 4) · heads · head_dim] (q, k,
+    v and the residual projection) and written as [B, n, heads · head_dim], both float32 or both bf16 (under
+    autocast: no casts around it). Keeps the softmax weights for the backward (B · heads · n² floats, in the
+    kernel's own layout), and the output as the ReLU's mask."""
 
     @staticmethod
-    def forward(ctx, qkv: Tensor, heads: int, head_dim: int, scale: float) -> Tensor:
-        batch, fields, _ = qkv.shape
-        lib = attention_kernel()
-        out = qkv.new_empty(batch, fields, heads * head_dim)
-        attn = qkv.new_empty(lib.aim_field_attention_buffer(batch, fields, heads))
-        lib.aim_field_attention_forward(qkv.data_ptr(), batch, fields, heads, head_dim, scale,
-                                        torch.get_num_threads(), out.data_ptr(), attn.data_ptr())
-        ctx.save_for_backward(qkv, attn)
-        ctx.shape = heads, head_dim, scale
+    def forward(ctx, proj: Tensor, heads: int, head_dim: int, scale: float, residual: bool, relu: bool) -> Tensor:
+        batch, fields, _ = proj.shape
+        lib, suffix = attention_kernel(), "bf16" if proj.dtype == torch.bfloat16 else "f32"
+        out = proj.new_empty(batch, fields, heads * head_dim)
+        attn = proj.new_empty(lib.aim_field_attention_buffer(batch, fields, heads), dtype=torch.float32)
+        getattr(lib, f"aim_field_attention_forward_{suffix}")(
+            proj.data_ptr(), batch, fields, heads, head_dim, residual, relu, scale, torch.get_num_threads(),
+            out.data_ptr(), attn.data_ptr())
+        ctx.save_for_backward(proj, attn, out if relu else None)
+        ctx.shape = heads, head_dim, scale, residual, relu
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        qkv, attn = ctx.saved_tensors
-        heads, head_dim, scale = ctx.shape
-        grad = grad.float().contiguous()
-        batch, fields, _ = qkv.shape
-        dqkv = torch.empty_like(qkv)
-        attention_kernel().aim_field_attention_backward(qkv.data_ptr(), attn.data_ptr(), grad.data_ptr(), batch,
-                                                        fields, heads, head_dim, scale, torch.get_num_threads(),
-                                                        dqkv.data_ptr())
-        return dqkv, None, None, None
+        proj, attn, out = ctx.saved_tensors
+        heads, head_dim, scale, residual, relu = ctx.shape
+        suffix = "bf16" if proj.dtype == torch.bfloat16 else "f32"
+        grad = grad.to(proj.dtype).contiguous()
+        batch, fields, _ = proj.shape
+        dproj = torch.empty_like(proj)
+        getattr(attention_kernel(), f"aim_field_attention_backward_{suffix}")(
+            proj.data_ptr(), attn.data_ptr(), _address(out), grad.data_ptr(), batch, fields, heads, head_dim,
+            residual, relu, scale, torch.get_num_threads(), dproj.data_ptr())
+        return dproj, None, None, None, None, None
 
 
 def _self_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:

@@ -16,11 +16,15 @@ class FP32Linear(nn.Linear):
     """A linear layer that stays in float32 under autocast: for the layer that makes the logit.
 
     Under bf16 autocast a plain Linear returns a bf16 logit, 8 bits of mantissa: logits between 4 and 8 fall
-    on a grid of 1/32, so many test rows tie, and AUC and the loss's gradient both pay for it. This layer
-    is a [B, h] x [h, 1] product, so float32 costs nothing here.
+    on a grid of 1/32, so many test rows tie, and AUC and the loss's gradient both pay for it. With one output
+    (the logit) on CPU the native kernel does the product from x as it is, float32 or bf16, in float32
+    (``_OutputUnit``); otherwise x is cast to float32 first.
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        if (self.out_features == 1 and x.device.type == "cpu" and x.dim() == 2 and x.dtype in _SUFFIX
+                and self.weight.dtype == torch.float32 and mlp_kernel() is not None):
+            return _OutputUnit.apply(x.contiguous(), self.weight.view(-1), self.bias)
         with torch.autocast(x.device.type, enabled=False):
             return F.linear(x.to(self.weight.dtype), self.weight, self.bias)  # float32 weights: a float32 logit
 
@@ -62,6 +66,33 @@ class _BatchNormReLUDropout(torch.autograd.Function):
         return dz, dgamma, dbeta, None, None, None, None
 
 
+class _OutputUnit(torch.autograd.Function):
+    """``x @ w + b`` [B, 1] in float32 for a float32 or bf16 x [B, H] on CPU, in the native kernel: no float32 copy
+    of a bf16 x each way, and the backward's outer product ``g wᵀ`` is not a matrix product with K = 1."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        batch, width = x.shape
+        out = weight.new_empty(batch, 1)
+        getattr(mlp_kernel(), f"aim_unit_forward_{_SUFFIX[x.dtype]}")(
+            x.data_ptr(), weight.data_ptr(), 0.0 if bias is None else float(bias), batch, width,
+            torch.get_num_threads(), out.data_ptr())
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        g = grad.float().contiguous().view(-1)
+        batch, width = x.shape
+        dx, dw = torch.empty_like(x), torch.empty_like(weight)
+        getattr(mlp_kernel(), f"aim_unit_backward_{_SUFFIX[x.dtype]}")(
+            x.data_ptr(), weight.data_ptr(), g.data_ptr(), batch, width, torch.get_num_threads(), dx.data_ptr(),
+            dw.data_ptr())
+        return dx, dw, g.sum().view(1) if ctx.has_bias else None
+
+
 def fused_hidden_layer(z: Tensor, norm: nn.BatchNorm1d, dropout: Dropout | None) -> Tensor | None:
     """``dropout(relu(norm(z)))`` in training mode through the native kernel, updating ``norm``'s running statistics
     as torch does; None where the kernel does not apply (not a float32 or bf16 z on CPU, no kernel, other settings).
@@ -85,8 +116,8 @@ class MLP(nn.Module):
     """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer, then a linear output (if ``out_dim``).
 
     In training on CPU (float32, or bf16 under autocast), a hidden layer's batch norm, ReLU and dropout run as one
-    native op
-    (``fused_hidden_layer``); the modules stay as they are, so checkpoints and ``state_dict`` do not change.
+    native op (``fused_hidden_layer``); the modules stay as they are, so checkpoints and ``state_dict`` do not
+    change.
     """
 
     def __init__(
@@ -132,8 +163,8 @@ class MLP(nn.Module):
             if isinstance(layer, nn.Linear) and k + 1 < len(layers) and isinstance(layers[k + 1], nn.BatchNorm1d):
                 norm = layers[k + 1]
                 scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-                shift = norm.running_mean if layer.bias is None else norm.running_mean - layer.bias
-                x = F.linear(x, layer.weight * scale.unsqueeze(1), norm.bias - shift * scale)
+                # The Linear has no bias (see __init__): norm(W x) = (scale W) x + (beta - mean * scale)
+                x = F.linear(x, layer.weight * scale.unsqueeze(1), norm.bias - norm.running_mean * scale)
             else:
                 x = layer(x)
         return x

@@ -35,6 +35,7 @@ ATTENTION_SOURCE = Path(__file__).with_name("csrc") / "field_attention.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 
 _P, _INT, _I64, _U32, _U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint64
+_BOOL = ctypes.c_bool
 _F32, _F64 = ctypes.c_float, ctypes.c_double
 # (emb, left, right, wt, bias, score, values, mask, keep, temperature, batch, n, m, d, t, threads,
 #  out, weights, pair_values)
@@ -51,14 +52,19 @@ MLP_SIGNATURES = {
        for t in ("f32", "bf16")},
     # (dy, y, z, mean, rstd, gamma, scale, batch, width, threads, dz, dgamma, dbeta)
     **{f"aim_bnrd_backward_{t}": [_P] * 6 + [_F32, _I64, _I64, _INT] + [_P] * 3 for t in ("f32", "bf16")},
+    # (x, w, b, batch, width, threads, out) and (x, w, g, batch, width, threads, dx, dw)
+    **{f"aim_unit_forward_{t}": [_P, _P, _F32, _I64, _I64, _INT, _P] for t in ("f32", "bf16")},
+    **{f"aim_unit_backward_{t}": [_P] * 3 + [_I64, _I64, _INT, _P, _P] for t in ("f32", "bf16")},
     # (x or null, key, drop, scale, first index, n, threads, out)
     "aim_dropout": [_P, _U64, _U32, _F32, _U64, _I64, _INT, _P],
 }
 ATTENTION_SIGNATURES = {
-    # (qkv, batch, fields, heads, head_dim, scale, threads, out, attn)
-    "aim_field_attention_forward": [_P, _I64, _I64, _I64, _I64, _F32, _INT, _P, _P],
-    # (qkv, attn, dout, batch, fields, heads, head_dim, scale, threads, dqkv)
-    "aim_field_attention_backward": [_P, _P, _P, _I64, _I64, _I64, _I64, _F32, _INT, _P],
+    # (proj, batch, fields, heads, head_dim, residual, relu, scale, threads, out, attn)
+    **{f"aim_field_attention_forward_{t}": [_P] + [_I64] * 4 + [_BOOL, _BOOL, _F32, _INT, _P, _P]
+       for t in ("f32", "bf16")},
+    # (proj, attn, out, dout, batch, fields, heads, head_dim, residual, relu, scale, threads, dproj)
+    **{f"aim_field_attention_backward_{t}": [_P] * 4 + [_I64] * 4 + [_BOOL, _BOOL, _F32, _INT, _P]
+       for t in ("f32", "bf16")},
 }
 ROWS_SIGNATURES = {f"aim_index_add_rows_{suffix}": [_P, _P, _I64, _I64, _P] for suffix in ("i64", "i32")}
 

@@ -36,8 +36,9 @@ class InteractingLayer(MultiHeadSelfAttention):
         self.norm = nn.LayerNorm(self.out_dim) if layer_norm else None
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.attend(x)
-        return F.relu(out if self.norm is None else self.norm(out))  # the norm before the ReLU, which it cannot undo
+        if self.norm is None:
+            return self.attend(x, relu=True)
+        return F.relu(self.norm(self.attend(x)))  # the norm before the ReLU, which it cannot undo
 
 
 @register("autoint")
