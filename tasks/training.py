@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -82,6 +83,7 @@ def search_grda_c(grda: GRDASection, config: TrainConfig, train_rows: int, name:
     return c
 
 
+@functools.cache  # once per process: a stage that trains many models read and hashed aim/ for each
 def library_version() -> str:
     """A hash of the model library's source (``aim/``): a checkpoint trained by other code is not resumed."""
     import aim
