@@ -31,6 +31,7 @@ def forward_backward(layer: MultiHeadSelfAttention, x: torch.Tensor, relu: bool 
     (16, 4, 1, 32, True, 1.0, False, True),
     (20, 6, 2, 3, False, 1.0, False, False),
     (33, 10, 2, 5, False, 6.0, True, True),  # scores in the hundreds: the softmax must stay exact and finite
+    (1100, 10, 2, 5, False, 1.0, True, True),  # 69 blocks: the weight's gradient summed in groups of one or two
 ])
 def test_the_kernel_gives_what_torchs_attention_gives(rows, fields, heads, head_dim, scaled, spread, residual,
                                                       relu, monkeypatch):
@@ -48,37 +49,41 @@ def test_the_kernel_gives_what_torchs_attention_gives(rows, fields, heads, head_
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5 * b.abs().max().item(), msg=name)
 
 
-def run_kernel(proj: torch.Tensor, grad: torch.Tensor, residual: bool = True, relu: bool = True
+def run_kernel(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, residual: bool = True, relu: bool = True
                ) -> list[torch.Tensor]:
-    """Output and d proj of the kernel at 2 heads of 5 (proj [B, n, 30 or 40])."""
-    leaf = proj.clone().requires_grad_()
-    out = attention_module._FieldAttention.apply(leaf, 2, 5, 1.0, residual, relu)
+    """Output, d x and d weight of the kernel at 2 heads of 5 (weight [30 or 40, E])."""
+    leaf, w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    out = attention_module._FieldAttention.apply(leaf, w, 2, 5, 1.0, residual, relu)
     out.backward(grad)
-    return [out.detach(), leaf.grad]
+    return [out.detach(), leaf.grad, w.grad]
 
 
 @needs_kernel
 @pytest.mark.parametrize(("residual", "relu"), [(True, True), (False, False)])
 def test_in_bf16_the_kernel_gives_the_float32_kernels_result_rounded_once(residual, relu):
-    """bf16 in and out, float32 inside: equal bit for bit to the float32 kernel on the same (bf16) numbers, each
-    result rounded by torch's .to(bfloat16)."""
+    """bf16 x, output and d x, float32 inside and in the weight: equal bit for bit to the float32 kernel on the
+    same (bf16) numbers, each bf16 result rounded by torch's .to(bfloat16)."""
     torch.manual_seed(3)
-    proj = torch.randn(37, 10, 40 if residual else 30).bfloat16()
+    x = torch.randn(37, 10, 12).bfloat16()
+    weight = torch.randn(40 if residual else 30, 12) * 0.3
     grad = torch.randn(37, 10, 10).bfloat16()
-    out, d_proj = run_kernel(proj, grad, residual, relu)
-    assert out.dtype == d_proj.dtype == torch.bfloat16
-    out32, d_proj32 = run_kernel(proj.float(), grad.float(), residual, relu)
+    out, dx, dweight = run_kernel(x, weight, grad, residual, relu)
+    assert out.dtype == dx.dtype == torch.bfloat16 and dweight.dtype == torch.float32
+    out32, dx32, dweight32 = run_kernel(x.float(), weight, grad.float(), residual, relu)
     assert torch.equal(out.view(torch.int16), out32.bfloat16().view(torch.int16))
-    assert torch.equal(d_proj.view(torch.int16), d_proj32.bfloat16().view(torch.int16))
+    assert torch.equal(dx.view(torch.int16), dx32.bfloat16().view(torch.int16))
+    assert torch.equal(dweight, dweight32)
 
 
 @needs_kernel
 def test_the_kernel_gives_the_same_bits_with_one_thread_or_two():
-    """Rows are independent in the kernel (the projections around it are MKL's, not part of this promise)."""
+    """Rows are independent in the kernel, and the weight's gradient is summed in groups fixed by the batch alone;
+    1,500 rows: 94 blocks of 16 (the last one ragged) in 64 groups of one or two."""
     torch.manual_seed(1)
-    proj = torch.randn(100, 10, 40)
-    grad = torch.randn(100, 10, 10)
-    assert_same_bits_with_one_thread_or_two(lambda: run_kernel(proj, grad))
+    x = torch.randn(1500, 10, 10)
+    weight = torch.randn(40, 10) * 0.3
+    grad = torch.randn(1500, 10, 10)
+    assert_same_bits_with_one_thread_or_two(lambda: run_kernel(x, weight, grad))
 
 
 @needs_kernel

@@ -53,15 +53,18 @@ class MultiHeadSelfAttention(nn.Module):
     def attend(self, x: Tensor, relu: bool = False) -> Tensor:
         """``concat_h(attention_h) + W_res e`` [B, n, heads * head_dim], passed through a ReLU when ``relu``."""
         batch, fields, _ = x.shape
-        # q, k, v and the residual projection in one product: [B, n, 3 * heads * head_dim (+ heads * head_dim)]
+        # q, k, v and the residual projection as one weight [3 * heads * head_dim (+ heads * head_dim), in_dim]
         weight = self.qkv.weight if self.residual is None else torch.cat([self.qkv.weight, self.residual.weight])
-        proj = F.linear(x, weight)
         # The AutoInt paper uses the plain inner product <q, k>; `scaled` divides by sqrt(head_dim).
         scale = self.head_dim ** -0.5 if self.scaled else 1.0
         residual = self.residual is not None
-        if (x.device.type == "cpu" and proj.dtype in (torch.float32, torch.bfloat16)
-                and attention_kernel() is not None):
-            return _FieldAttention.apply(proj.contiguous(), self.heads, self.head_dim, scale, residual, relu)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        if x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and attention_kernel() is not None:
+            # the whole layer in the kernel; under autocast its input, output and gradients are bf16, as a
+            # Linear's would be, and its weights float32
+            return _FieldAttention.apply(x.to(dtype).contiguous(), weight.float(), self.heads, self.head_dim, scale,
+                                         residual, relu)
+        proj = F.linear(x, weight)
         width = 3 * self.out_dim
         q, k, v = proj[..., :width].unflatten(-1, (3, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4)
         out = _self_attention(q, k, v, scale)  # [B, heads, n, head_dim]
@@ -75,37 +78,41 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class _FieldAttention(torch.autograd.Function):
-    """``[ReLU](softmax(scale · q kᵀ) v [+ residual])`` per row and head in the native kernel
-    (``csrc/field_attention.cpp``), read from the projection's output [B, n, (3 or 4) · heads · head_dim] (q, k,
-    v and the residual projection) and written as [B, n, heads · head_dim], both float32 or both bf16 (under
-    autocast: no casts around it). Keeps the softmax weights for the backward (B · heads · n² floats, in the
-    kernel's own layout), and the output as the ReLU's mask."""
+    """A whole interacting layer, ``[ReLU](softmax(scale · q kᵀ) v [+ W_res x])`` with ``q, k, v = W x`` per row
+    and head, in the native kernel (``csrc/field_attention.cpp``): x [B, n, E] (float32 or bf16) and the stacked
+    weight [(3 or 4) · heads · head_dim, E] (float32) in, [B, n, heads · head_dim] (x's dtype) out. The
+    projections are made in the kernel and remade in the backward, never stored; the forward keeps the softmax
+    weights (B · heads · n² floats, in the kernel's own layout) and the output as the ReLU's mask."""
 
     @staticmethod
-    def forward(ctx, proj: Tensor, heads: int, head_dim: int, scale: float, residual: bool, relu: bool) -> Tensor:
-        batch, fields, _ = proj.shape
-        lib, suffix = attention_kernel(), "bf16" if proj.dtype == torch.bfloat16 else "f32"
-        out = proj.new_empty(batch, fields, heads * head_dim)
-        attn = proj.new_empty(lib.aim_field_attention_buffer(batch, fields, heads), dtype=torch.float32)
+    def forward(ctx, x: Tensor, weight: Tensor, heads: int, head_dim: int, scale: float, residual: bool,
+                relu: bool) -> Tensor:
+        batch, fields, in_dim = x.shape
+        lib, suffix = attention_kernel(), "bf16" if x.dtype == torch.bfloat16 else "f32"
+        weight = weight.contiguous()
+        out = x.new_empty(batch, fields, heads * head_dim)
+        attn = x.new_empty(lib.aim_field_attention_buffer(batch, fields, heads), dtype=torch.float32)
         getattr(lib, f"aim_field_attention_forward_{suffix}")(
-            proj.data_ptr(), batch, fields, heads, head_dim, residual, relu, scale, torch.get_num_threads(),
-            out.data_ptr(), attn.data_ptr())
-        ctx.save_for_backward(proj, attn, out if relu else None)
+            x.data_ptr(), weight.data_ptr(), batch, fields, in_dim, heads, head_dim, residual, relu, scale,
+            torch.get_num_threads(), out.data_ptr(), attn.data_ptr())
+        ctx.save_for_backward(x, weight, attn, out if relu else None)
         ctx.shape = heads, head_dim, scale, residual, relu
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        proj, attn, out = ctx.saved_tensors
+        x, weight, attn, out = ctx.saved_tensors
         heads, head_dim, scale, residual, relu = ctx.shape
-        suffix = "bf16" if proj.dtype == torch.bfloat16 else "f32"
-        grad = grad.to(proj.dtype).contiguous()
-        batch, fields, _ = proj.shape
-        dproj = torch.empty_like(proj)
-        getattr(attention_kernel(), f"aim_field_attention_backward_{suffix}")(
-            proj.data_ptr(), attn.data_ptr(), _address(out), grad.data_ptr(), batch, fields, heads, head_dim,
-            residual, relu, scale, torch.get_num_threads(), dproj.data_ptr())
-        return dproj, None, None, None, None, None
+        lib, suffix = attention_kernel(), "bf16" if x.dtype == torch.bfloat16 else "f32"
+        grad = grad.to(x.dtype).contiguous()
+        batch, fields, in_dim = x.shape
+        dx, dweight = torch.empty_like(x), torch.empty_like(weight)
+        slots = weight.new_empty(lib.aim_field_attention_slots(batch, weight.shape[0], in_dim))
+        getattr(lib, f"aim_field_attention_backward_{suffix}")(
+            x.data_ptr(), weight.data_ptr(), attn.data_ptr(), _address(out), grad.data_ptr(), batch, fields, in_dim,
+            heads, head_dim, residual, relu, scale, torch.get_num_threads(), dx.data_ptr(), dweight.data_ptr(),
+            slots.data_ptr())
+        return dx, dweight, None, None, None, None, None
 
 
 def _self_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:

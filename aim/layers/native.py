@@ -59,11 +59,12 @@ MLP_SIGNATURES = {
     "aim_dropout": [_P, _U64, _U32, _F32, _U64, _I64, _INT, _P],
 }
 ATTENTION_SIGNATURES = {
-    # (proj, batch, fields, heads, head_dim, residual, relu, scale, threads, out, attn)
-    **{f"aim_field_attention_forward_{t}": [_P] + [_I64] * 4 + [_BOOL, _BOOL, _F32, _INT, _P, _P]
+    # (x, weight, batch, fields, in_dim, heads, head_dim, residual, relu, scale, threads, out, attn)
+    **{f"aim_field_attention_forward_{t}": [_P, _P] + [_I64] * 5 + [_BOOL, _BOOL, _F32, _INT, _P, _P]
        for t in ("f32", "bf16")},
-    # (proj, attn, out, dout, batch, fields, heads, head_dim, residual, relu, scale, threads, dproj)
-    **{f"aim_field_attention_backward_{t}": [_P] * 4 + [_I64] * 4 + [_BOOL, _BOOL, _F32, _INT, _P]
+    # (x, weight, attn, out, dout, batch, fields, in_dim, heads, head_dim, residual, relu, scale, threads, dx,
+    #  dweight, slots)
+    **{f"aim_field_attention_backward_{t}": [_P] * 5 + [_I64] * 5 + [_BOOL, _BOOL, _F32, _INT, _P, _P, _P]
        for t in ("f32", "bf16")},
 }
 ROWS_SIGNATURES = {f"aim_index_add_rows_{suffix}": [_P, _P, _I64, _I64, _P] for suffix in ("i64", "i32")}
@@ -164,7 +165,7 @@ def rows_kernel() -> ctypes.CDLL | None:
 def attention_kernel() -> ctypes.CDLL | None:
     """The loaded kernel of AutoInt's self-attention over a row's fields, or None (as ``pair_kernel``)."""
     lib = _load(ATTENTION_SOURCE, ATTENTION_SIGNATURES, "AutoInt's attention", "torch's attention")
-    if lib is not None:  # the size in floats of the softmax weights the forward keeps for the backward
-        lib.aim_field_attention_buffer.argtypes = [_I64, _I64, _I64]
-        lib.aim_field_attention_buffer.restype = _I64
+    if lib is not None:  # sizes in floats: the softmax weights the forward keeps, the backward's scratch
+        for function in (lib.aim_field_attention_buffer, lib.aim_field_attention_slots):
+            function.argtypes, function.restype = [_I64, _I64, _I64], _I64
     return lib

@@ -10,14 +10,18 @@
 // layout ([blocks, H, n, n, L], float32, private to this file). exp is a polynomial that vectorises (exp_poly).
 // Rows are independent, so the thread count changes no bit.
 //
-// The layer around the attention is fused in too, as its element-wise ops cost as much as the attention at these
-// sizes (and under bf16 autocast, casts to float and back): the residual projection comes in the same array as
-// q, k and v (one product instead of two), is added on the way out, and the ReLU is applied there; the backward
-// takes the ReLU's mask from the output.
+// The layer around the attention is fused in too, as at these sizes it cost more than the attention itself: the
+// projections (q, k, v of every head and the residual, one [width, E] weight) are made from x in the lanes, so
+// the [B, n, width] projection is never written (MKL ran these K = 10 products at 25-45 GFLOP/s, 1.8 ms per layer
+// with their backward); the residual is added on the way out and the ReLU applied there; the backward takes the
+// ReLU's mask from the output, remakes the projection from x, and returns dx and the weight's gradient. The
+// weight's gradient is summed in lanes over a group of blocks, then over the lanes, then over the groups in order
+// (64 groups at most, fixed by B alone), so the thread count changes no bit there either.
 //
-// Layout: proj [B, n, width], each field's q, k, v of every head ([3, H, D]) then, with `residual`, its residual
-// projection [H, D] (width = 3HD or 4HD); out [B, n, H, D]; dproj like proj. Arithmetic is float32 whatever the
-// element type; a bf16 result is rounded once, to nearest even.
+// Layout: x [B, n, E]; weight [width, E], rows q, k, v of every head ([3, H, D]) then, with `residual`, the
+// residual projection [H, D] (width = 3HD or 4HD); out [B, n, H, D]. x, out and dx are float32 or bf16, the
+// weight and its gradient float32. Arithmetic is float32 whatever the element type; a bf16 result is rounded
+// once, to nearest even.
 // A block's lanes are one 512-bit vector; GCC otherwise prefers two 256-bit halves on x86 (forward -10 %, bf16
 // backward -20 % here). Ignored where the CPU has no AVX-512 (and by compilers other than GCC).
 #pragma GCC target("prefer-vector-width=512")
@@ -121,20 +125,68 @@ inline void from_lanes(const float* __restrict t, int64_t b0, int64_t rows, int6
   }
 }
 
+// p[(i * width + c) * L + lane] = sum_e w[c * E + e] * x[(i * E + e) * L + lane]: a block's projections.
+inline void project(const float* __restrict w, const float* __restrict x, int64_t n, int64_t E, int64_t width,
+                    float* __restrict p) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < width; ++c) {
+      float acc[L] = {};
+      for (int64_t e = 0; e < E; ++e) {
+        const float we = w[c * E + e];
+        const float* __restrict xe = x + (i * E + e) * L;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) acc[l] += we * xe[l];
+      }
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) p[(i * width + c) * L + l] = acc[l];
+    }
+}
+
+// The projection's backward for a block:
+//   dx[(i * E + e) * L + lane] = sum_c dp[(i * width + c) * L + lane] w[c * E + e],
+//   dw_lanes[(c * E + e) * L + lane] += sum_i dp[(i * width + c) * L + lane] x[(i * E + e) * L + lane].
+inline void project_back(const float* __restrict w, const float* __restrict x, const float* __restrict dp, int64_t n,
+                         int64_t E, int64_t width, float* __restrict dx, float* __restrict dw_lanes) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t e = 0; e < E; ++e) {
+      float acc[L] = {};
+      for (int64_t c = 0; c < width; ++c) {
+        const float wc = w[c * E + e];
+        const float* __restrict g = dp + (i * width + c) * L;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) acc[l] += wc * g[l];
+      }
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) dx[(i * E + e) * L + l] = acc[l];
+    }
+  for (int64_t c = 0; c < width; ++c)
+    for (int64_t e = 0; e < E; ++e) {
+      float* __restrict acc = dw_lanes + (c * E + e) * L;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* __restrict g = dp + (i * width + c) * L;
+        const float* __restrict xe = x + (i * E + e) * L;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) acc[l] += g[l] * xe[l];
+      }
+    }
+}
+
 // out = [ReLU](attention + [residual]); attn gets the softmax weights.
 template <class T>
-void forward(const T* proj, int64_t B, int64_t n, int64_t H, int64_t D, bool residual, bool relu, float scale,
-             int threads, T* out, float* attn) {
+void forward(const T* x, const float* w, int64_t B, int64_t n, int64_t E, int64_t H, int64_t D, bool residual,
+             bool relu, float scale, int threads, T* out, float* attn) {
   const int64_t HD = H * D, width = (residual ? 4 : 3) * HD, blocks = (B + L - 1) / L;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> buffer((width + HD) * n * L);
-    float* __restrict p = buffer.data();        // the block's proj, p[(i * width + c) * L + lane]
+    std::vector<float> buffer((E + width + HD) * n * L);
+    float* __restrict xl = buffer.data();      // the block's x, xl[(i * E + e) * L + lane]
+    float* __restrict p = xl + n * E * L;      // its projections, p[(i * width + c) * L + lane]
     float* __restrict o = p + n * width * L;  // its output, o[(i * HD + c) * L + lane]
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t b0 = blk * L, rows = std::min(L, B - b0);
-      to_lanes<T>(proj, nullptr, b0, rows, n * width, p);
+      to_lanes<T>(x, nullptr, b0, rows, n * E, xl);
+      project(w, xl, n, E, width, p);
       for (int64_t h = 0; h < H; ++h) {
         const float* __restrict q = p + h * D * L;
         const float* __restrict k = p + (H + h) * D * L;
@@ -187,64 +239,88 @@ void forward(const T* proj, int64_t B, int64_t n, int64_t H, int64_t D, bool res
   }
 }
 
-// dout [B, n, H, D]; with `relu`, out is the forward's output (the ReLU's mask: out > 0). Writes dproj.
+// The number of groups the backward sums the weight's gradient in (a slot of width * E floats each).
+int64_t groups_of(int64_t B) { return std::min<int64_t>(64, (B + L - 1) / L); }
+
+// dout [B, n, H, D]; with `relu`, out is the forward's output (the ReLU's mask: out > 0). Writes dx and dw; slots
+// is scratch of groups_of(B) * width * E floats.
 template <class T>
-void backward(const T* proj, const float* attn, const T* out, const T* dout, int64_t B, int64_t n, int64_t H,
-              int64_t D, bool residual, bool relu, float scale, int threads, T* dproj) {
-  const int64_t HD = H * D, width = (residual ? 4 : 3) * HD, blocks = (B + L - 1) / L;
+void backward(const T* x, const float* w, const float* attn, const T* out, const T* dout, int64_t B, int64_t n,
+              int64_t E, int64_t H, int64_t D, bool residual, bool relu, float scale, int threads, T* dx, float* dw,
+              float* slots) {
+  const int64_t HD = H * D, width = (residual ? 4 : 3) * HD, blocks = (B + L - 1) / L, groups = groups_of(B);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> buffer((2 * width + HD + n) * n * L);
-    float* __restrict p = buffer.data();          // the block's proj
-    float* __restrict dp = p + n * width * L;     // its gradient, the same layout
-    float* __restrict go = dp + n * width * L;    // dO (through the ReLU), go[(i * HD + c) * L + lane]
-    float* __restrict ds = go + n * HD * L;       // ds[(i * n + j) * L + lane]
+    std::vector<float> buffer((2 * E + 2 * width + HD + n) * n * L + width * E * L);
+    float* __restrict xl = buffer.data();        // the block's x
+    float* __restrict dxl = xl + n * E * L;      // its gradient
+    float* __restrict p = dxl + n * E * L;       // the block's projections
+    float* __restrict dp = p + n * width * L;    // their gradient, the same layout
+    float* __restrict go = dp + n * width * L;   // dO (through the ReLU), go[(i * HD + c) * L + lane]
+    float* __restrict ds = go + n * HD * L;      // ds[(i * n + j) * L + lane]
+    float* __restrict dwl = ds + n * n * L;      // the group's weight gradient, per lane
 #pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t b0 = blk * L, rows = std::min(L, B - b0);
-      to_lanes<T>(proj, nullptr, b0, rows, n * width, p);
-      to_lanes<T>(dout, relu ? out : nullptr, b0, rows, n * HD, go);
-      if (residual) {  // d residual = dO
-        for (int64_t i = 0; i < n; ++i) {
-          float* __restrict dr = dp + (i * width + 3 * HD) * L;
-          const float* __restrict gi = go + i * HD * L;
+    for (int64_t group = 0; group < groups; ++group) {
+      std::fill(dwl, dwl + width * E * L, 0.0f);
+      for (int64_t blk = group * blocks / groups; blk < (group + 1) * blocks / groups; ++blk) {
+        const int64_t b0 = blk * L, rows = std::min(L, B - b0);
+        to_lanes<T>(x, nullptr, b0, rows, n * E, xl);
+        project(w, xl, n, E, width, p);
+        to_lanes<T>(dout, relu ? out : nullptr, b0, rows, n * HD, go);
+        if (residual) {  // d residual = dO
+          for (int64_t i = 0; i < n; ++i) {
+            float* __restrict dr = dp + (i * width + 3 * HD) * L;
+            const float* __restrict gi = go + i * HD * L;
 #pragma omp simd
-          for (int64_t x = 0; x < HD * L; ++x) dr[x] = gi[x];
+            for (int64_t z = 0; z < HD * L; ++z) dr[z] = gi[z];
+          }
         }
-      }
-      for (int64_t h = 0; h < H; ++h) {
-        const float* __restrict q = p + h * D * L;
-        const float* __restrict k = p + (H + h) * D * L;
-        const float* __restrict v = p + (2 * H + h) * D * L;
-        const float* __restrict gh = go + h * D * L;
-        const float* __restrict a = attn + ((blk * H + h) * n * n) * L;
-        // ds_ij = scale * a_ij (dA_ij - sum_j' a_ij' dA_ij'), dA_ij = <dO_i, v_j>: the softmax's backward
-        for (int64_t i = 0; i < n; ++i) {
-          float dot[L] = {};
-          for (int64_t j = 0; j < n; ++j) {
-            float acc[L];
-            lane_dot(gh, HD, i, v, width, j, D, acc);
+        for (int64_t h = 0; h < H; ++h) {
+          const float* __restrict q = p + h * D * L;
+          const float* __restrict k = p + (H + h) * D * L;
+          const float* __restrict v = p + (2 * H + h) * D * L;
+          const float* __restrict gh = go + h * D * L;
+          const float* __restrict a = attn + ((blk * H + h) * n * n) * L;
+          // ds_ij = scale * a_ij (dA_ij - sum_j' a_ij' dA_ij'), dA_ij = <dO_i, v_j>: the softmax's backward
+          for (int64_t i = 0; i < n; ++i) {
+            float dot[L] = {};
+            for (int64_t j = 0; j < n; ++j) {
+              float acc[L];
+              lane_dot(gh, HD, i, v, width, j, D, acc);
 #pragma omp simd
-            for (int64_t l = 0; l < L; ++l) {
-              ds[(i * n + j) * L + l] = acc[l];
-              dot[l] += a[(i * n + j) * L + l] * acc[l];
+              for (int64_t l = 0; l < L; ++l) {
+                ds[(i * n + j) * L + l] = acc[l];
+                dot[l] += a[(i * n + j) * L + l] * acc[l];
+              }
+            }
+            for (int64_t j = 0; j < n; ++j) {
+#pragma omp simd
+              for (int64_t l = 0; l < L; ++l)
+                ds[(i * n + j) * L + l] = a[(i * n + j) * L + l] * (ds[(i * n + j) * L + l] - dot[l]) * scale;
             }
           }
-          for (int64_t j = 0; j < n; ++j) {
-#pragma omp simd
-            for (int64_t l = 0; l < L; ++l)
-              ds[(i * n + j) * L + l] = a[(i * n + j) * L + l] * (ds[(i * n + j) * L + l] - dot[l]) * scale;
+          // dq_i = sum_j ds_ij k_j (along row i);  dk_j = sum_i ds_ij q_i, dv_j = sum_i a_ij dO_i (down column j)
+          for (int64_t z = 0; z < n; ++z) {
+            lane_weighted_sum(ds + z * n * L, 1, k, width, n, D, dp + (z * width + h * D) * L);
+            lane_weighted_sum(ds + z * L, n, q, width, n, D, dp + (z * width + (H + h) * D) * L);
+            lane_weighted_sum(a + z * L, n, gh, HD, n, D, dp + (z * width + (2 * H + h) * D) * L);
           }
         }
-        // dq_i = sum_j ds_ij k_j (along row i);  dk_j = sum_i ds_ij q_i, dv_j = sum_i a_ij dO_i (down column j)
-        for (int64_t x = 0; x < n; ++x) {
-          lane_weighted_sum(ds + x * n * L, 1, k, width, n, D, dp + (x * width + h * D) * L);
-          lane_weighted_sum(ds + x * L, n, q, width, n, D, dp + (x * width + (H + h) * D) * L);
-          lane_weighted_sum(a + x * L, n, gh, HD, n, D, dp + (x * width + (2 * H + h) * D) * L);
-        }
+        project_back(w, xl, dp, n, E, width, dxl, dwl);  // missing lanes have x = 0: they add nothing to dw
+        from_lanes<T>(dxl, b0, rows, n * E, dx);
       }
-      from_lanes<T>(dp, b0, rows, n * width, dproj);
+      float* slot = slots + group * width * E;
+      for (int64_t c = 0; c < width * E; ++c) {
+        float total = 0.0f;
+        for (int64_t l = 0; l < L; ++l) total += dwl[c * L + l];
+        slot[c] = total;
+      }
     }
+  }
+  for (int64_t c = 0; c < width * E; ++c) {
+    float total = 0.0f;
+    for (int64_t group = 0; group < groups; ++group) total += slots[group * width * E + c];
+    dw[c] = total;
   }
 }
 
@@ -255,16 +331,20 @@ extern "C" {
 // The attention buffer's size in floats: ceil(B / L) * L * H * n * n.
 int64_t aim_field_attention_buffer(int64_t B, int64_t n, int64_t H) { return (B + L - 1) / L * L * H * n * n; }
 
+// The backward's scratch for the weight's gradient, in floats.
+int64_t aim_field_attention_slots(int64_t B, int64_t width, int64_t E) { return groups_of(B) * width * E; }
+
 #define AIM_FIELD_ATTENTION(suffix, T)                                                                         \
-  void aim_field_attention_forward_##suffix(const T* proj, int64_t B, int64_t n, int64_t H, int64_t D,          \
-                                            bool residual, bool relu, float scale, int threads, T* out,         \
-                                            float* attn) {                                                      \
-    forward<T>(proj, B, n, H, D, residual, relu, scale, threads, out, attn);                                    \
+  void aim_field_attention_forward_##suffix(const T* x, const float* w, int64_t B, int64_t n, int64_t E,        \
+                                            int64_t H, int64_t D, bool residual, bool relu, float scale,        \
+                                            int threads, T* out, float* attn) {                                 \
+    forward<T>(x, w, B, n, E, H, D, residual, relu, scale, threads, out, attn);                                 \
   }                                                                                                            \
-  void aim_field_attention_backward_##suffix(const T* proj, const float* attn, const T* out, const T* dout,      \
-                                             int64_t B, int64_t n, int64_t H, int64_t D, bool residual,         \
-                                             bool relu, float scale, int threads, T* dproj) {                   \
-    backward<T>(proj, attn, out, dout, B, n, H, D, residual, relu, scale, threads, dproj);                      \
+  void aim_field_attention_backward_##suffix(const T* x, const float* w, const float* attn, const T* out,       \
+                                             const T* dout, int64_t B, int64_t n, int64_t E, int64_t H,         \
+                                             int64_t D, bool residual, bool relu, float scale, int threads,     \
+                                             T* dx, float* dw, float* slots) {                                  \
+    backward<T>(x, w, attn, out, dout, B, n, E, H, D, residual, relu, scale, threads, dx, dw, slots);           \
   }
 
 AIM_FIELD_ATTENTION(f32, float)
