@@ -25,6 +25,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
 from aim.data import CTRData
+from aim.models.base import adam
 from aim.search.grda import GRDA
 
 
@@ -184,7 +185,7 @@ class Trainer:
         if hasattr(model, "optimizers"):
             self.optimizers = model.optimizers(config.lr, config.weight_decay)
         else:
-            self.optimizers = [torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)]
+            self.optimizers = [adam(model.parameters(), config.lr, config.weight_decay)]
         # Clipping bounds the Adam-trained weights' gradient norm. Gates under GRDA are left out: their threshold
         # l1(t) is set against the raw gradients they accumulate, and a large MLP gradient must not shrink them.
         self.clipped = [p for o in self.optimizers if not isinstance(o, GRDA)

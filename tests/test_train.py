@@ -116,6 +116,15 @@ def test_a_validation_split_with_one_class_is_refused(planted) -> None:
         fit(build_model("fm", fields), data["train"], one_class, TrainConfig(epochs=1))
 
 
+def test_a_trainer_uses_torchs_fused_adam_on_cpu_and_the_foreach_one_elsewhere(planted) -> None:
+    from aim.models import adam
+
+    fields, _ = planted
+    trainer = Trainer(build_model("fm", fields, embedding_dim=4), TrainConfig(epochs=1))
+    assert [o.defaults["fused"] for o in trainer.optimizers] == [True]
+    assert adam([torch.nn.Parameter(torch.ones(3, device="meta"))], 1e-3).defaults["fused"] is None
+
+
 def test_a_trainer_turns_mkls_dynamic_thread_count_off(planted) -> None:
     import ctypes
 

@@ -36,7 +36,7 @@ from aim.layers import (
     last_dim_mean,
 )
 from aim.layers import Interaction as InteractionLayer
-from aim.models.base import CTRModel, register
+from aim.models.base import CTRModel, adam, register
 from aim.search.architecture import Interaction, all_pairs
 from aim.search.grda import GRDA
 
@@ -153,7 +153,7 @@ class AIM(CTRModel):
         searched = [p for p in (self.alpha_search, self.dim_gates) if p is not None]
         ids = {id(p) for p in searched}
         rest = [p for p in self.parameters() if id(p) not in ids]
-        optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(rest, lr=lr, weight_decay=weight_decay)]
+        optimizers: list[torch.optim.Optimizer] = [adam(rest, lr, weight_decay)]
         if searched:
             optimizers.append(GRDA(searched, **self.grda))
         return optimizers

