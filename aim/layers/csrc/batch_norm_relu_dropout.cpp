@@ -201,23 +201,34 @@ void unit_forward(const T* x, const float* w, float b, int64_t B, int64_t H, int
   }
 }
 
-// g [B] (d out); writes dx[r, h] = g[r] w[h] (x's type) and dw[h] = sum_r g[r] x[r, h] (rows in order, in double).
+// g [B] (d out); writes dx[r, h] = g[r] w[h] (x's type) and dw[h] = sum_r g[r] x[r, h], in one pass over x and dx.
+// Threads take whole groups of rows (at most 64 groups, fixed by B alone), each group sums into a slot of its own,
+// and the slots are added in order, so the thread count changes no bit. (Splitting the columns between threads
+// instead, as column_sums does, took 0.55 ms at [4096, 400] against 0.29: each thread then writes half rows.)
 template <class T>
 void unit_backward(const T* x, const float* w, const float* g, int64_t B, int64_t H, int threads, T* dx, float* dw) {
+  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(64, B));
+  std::vector<float> slots(groups * H);
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < B; ++r) {
-    T* dxr = dx + r * H;
-    const float gr = g[r];
+  for (int64_t q = 0; q < groups; ++q) {
+    float* __restrict acc = slots.data() + q * H;
+    std::fill(acc, acc + H, 0.0f);
+    for (int64_t r = q * B / groups; r < (q + 1) * B / groups; ++r) {
+      const float gr = g[r];
+      const T* xr = x + r * H;
+      T* dxr = dx + r * H;
 #pragma omp simd
-    for (int64_t h = 0; h < H; ++h) store(dxr, h, gr * w[h]);
+      for (int64_t h = 0; h < H; ++h) {
+        store(dxr, h, gr * w[h]);
+        acc[h] += gr * load(xr, h);
+      }
+    }
   }
-  column_sums(
-      B, H, threads,
-      [=](int64_t r, int64_t h, double& t1, double& t2) {
-        t1 = static_cast<double>(g[r]) * static_cast<double>(load(x, r * H + h));
-        t2 = 0.0;
-      },
-      [=](int64_t h, double s1, double) { dw[h] = static_cast<float>(s1); });
+  for (int64_t h = 0; h < H; ++h) {
+    float total = 0.0f;
+    for (int64_t q = 0; q < groups; ++q) total += slots[q * H + h];
+    dw[h] = total;
+  }
 }
 
 }  // namespace
