@@ -32,6 +32,7 @@ def forward_backward(layer: MultiHeadSelfAttention, x: torch.Tensor, relu: bool 
     (20, 6, 2, 3, False, 1.0, False, False),
     (33, 10, 2, 5, False, 6.0, True, True),  # scores in the hundreds: the softmax must stay exact and finite
     (1100, 10, 2, 5, False, 1.0, True, True),  # 69 blocks: the weight's gradient summed in groups of one or two
+    (64, 10, 4, 32, True, 1.0, True, False),  # BARS' width ([512, 12] weight): MKL's projections, the kernel after
 ])
 def test_the_kernel_gives_what_torchs_attention_gives(rows, fields, heads, head_dim, scaled, spread, residual,
                                                       relu, monkeypatch):
@@ -84,6 +85,32 @@ def test_the_kernel_gives_the_same_bits_with_one_thread_or_two():
     weight = torch.randn(40, 10) * 0.3
     grad = torch.randn(1500, 10, 10)
     assert_same_bits_with_one_thread_or_two(lambda: run_kernel(x, weight, grad))
+
+
+@needs_kernel
+def test_a_narrow_layer_makes_its_projections_in_the_kernel_and_a_wide_one_takes_mkls(monkeypatch):
+    weights = []
+    real = attention_module._FieldAttention.apply
+    monkeypatch.setattr(attention_module._FieldAttention, "apply", lambda *a: weights.append(a[1]) or real(*a))
+    x = torch.randn(20, 10, 10)
+    MultiHeadSelfAttention(10, 5, 2)(x)  # Frappe's AutoInt+: a [40, 10] weight
+    MultiHeadSelfAttention(10, 32, 4)(x)  # BARS' width: [512, 10]
+    assert weights[0] is not None and weights[0].shape == (40, 10) and weights[1] is None
+
+
+@needs_kernel
+def test_the_kernel_from_a_projection_gives_the_same_bits_with_one_thread_or_two():
+    torch.manual_seed(2)
+    proj = torch.randn(1500, 10, 40)
+    grad = torch.randn(1500, 10, 10)
+
+    def run() -> list[torch.Tensor]:
+        leaf = proj.clone().requires_grad_()
+        out = attention_module._FieldAttention.apply(leaf, None, 2, 5, 1.0, True, True)
+        out.backward(grad)
+        return [out.detach(), leaf.grad]
+
+    assert_same_bits_with_one_thread_or_two(run)
 
 
 @needs_kernel

@@ -60,10 +60,13 @@ class MultiHeadSelfAttention(nn.Module):
         residual = self.residual is not None
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and attention_kernel() is not None:
-            # the whole layer in the kernel; under autocast its input, output and gradients are bf16, as a
-            # Linear's would be, and its weights float32
-            return _FieldAttention.apply(x.to(dtype).contiguous(), weight.float(), self.heads, self.head_dim, scale,
-                                         residual, relu)
+            # The whole layer in the kernel; under autocast its input, output and gradients are bf16, as a
+            # Linear's would be, and its weights float32. A wide layer's projections are MKL's (see the kernel).
+            if weight.numel() <= _FUSED_WEIGHT_MAX:
+                return _FieldAttention.apply(x.to(dtype).contiguous(), weight.float(), self.heads, self.head_dim,
+                                             scale, residual, relu)
+            proj = F.linear(x, weight).to(dtype)
+            return _FieldAttention.apply(proj.contiguous(), None, self.heads, self.head_dim, scale, residual, relu)
         proj = F.linear(x, weight)
         width = 3 * self.out_dim
         q, k, v = proj[..., :width].unflatten(-1, (3, self.heads, self.head_dim)).permute(2, 0, 3, 1, 4)
@@ -77,23 +80,30 @@ class MultiHeadSelfAttention(nn.Module):
         return self.attend(x, relu=True)
 
 
+# The largest stacked weight [width, E] whose projections the attention kernel makes itself: its per-lane gradient
+# (16 · width · E floats) stays within 64 KB. Frappe's AutoInt+ ([40, 10]) is under it; at BARS' config ([512, 128])
+# making them in the kernel made the fp32 step 2.5x slower (1,849 against 741 ms), so there MKL makes them.
+_FUSED_WEIGHT_MAX = 1024
+
+
 class _FieldAttention(torch.autograd.Function):
     """A whole interacting layer, ``[ReLU](softmax(scale · q kᵀ) v [+ W_res x])`` with ``q, k, v = W x`` per row
     and head, in the native kernel (``csrc/field_attention.cpp``): x [B, n, E] (float32 or bf16) and the stacked
     weight [(3 or 4) · heads · head_dim, E] (float32) in, [B, n, heads · head_dim] (x's dtype) out. The
     projections are made in the kernel and remade in the backward, never stored; the forward keeps the softmax
-    weights (B · heads · n² floats, in the kernel's own layout) and the output as the ReLU's mask."""
+    weights (B · heads · n² floats, in the kernel's own layout) and the output as the ReLU's mask. With
+    ``weight`` None, x is the projection itself [B, n, (3 or 4) · heads · head_dim] and its gradient is returned."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, heads: int, head_dim: int, scale: float, residual: bool,
+    def forward(ctx, x: Tensor, weight: Tensor | None, heads: int, head_dim: int, scale: float, residual: bool,
                 relu: bool) -> Tensor:
         batch, fields, in_dim = x.shape
         lib, suffix = attention_kernel(), "bf16" if x.dtype == torch.bfloat16 else "f32"
-        weight = weight.contiguous()
+        weight = None if weight is None else weight.contiguous()
         out = x.new_empty(batch, fields, heads * head_dim)
         attn = x.new_empty(lib.aim_field_attention_buffer(batch, fields, heads), dtype=torch.float32)
         getattr(lib, f"aim_field_attention_forward_{suffix}")(
-            x.data_ptr(), weight.data_ptr(), batch, fields, in_dim, heads, head_dim, residual, relu, scale,
+            x.data_ptr(), _address(weight), batch, fields, in_dim, heads, head_dim, residual, relu, scale,
             torch.get_num_threads(), out.data_ptr(), attn.data_ptr())
         ctx.save_for_backward(x, weight, attn, out if relu else None)
         ctx.shape = heads, head_dim, scale, residual, relu
@@ -106,12 +116,15 @@ class _FieldAttention(torch.autograd.Function):
         lib, suffix = attention_kernel(), "bf16" if x.dtype == torch.bfloat16 else "f32"
         grad = grad.to(x.dtype).contiguous()
         batch, fields, in_dim = x.shape
-        dx, dweight = torch.empty_like(x), torch.empty_like(weight)
-        slots = weight.new_empty(lib.aim_field_attention_slots(batch, weight.shape[0], in_dim))
+        dx = torch.empty_like(x)
+        dweight = slots = None
+        if weight is not None:
+            dweight = torch.empty_like(weight)
+            slots = weight.new_empty(lib.aim_field_attention_slots(batch, weight.shape[0], in_dim))
         getattr(lib, f"aim_field_attention_backward_{suffix}")(
-            x.data_ptr(), weight.data_ptr(), attn.data_ptr(), _address(out), grad.data_ptr(), batch, fields, in_dim,
-            heads, head_dim, residual, relu, scale, torch.get_num_threads(), dx.data_ptr(), dweight.data_ptr(),
-            slots.data_ptr())
+            x.data_ptr(), _address(weight), attn.data_ptr(), _address(out), grad.data_ptr(), batch, fields, in_dim,
+            heads, head_dim, residual, relu, scale, torch.get_num_threads(), dx.data_ptr(), _address(dweight),
+            _address(slots))
         return dx, dweight, None, None, None, None, None
 
 

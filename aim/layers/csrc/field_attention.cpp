@@ -18,6 +18,11 @@
 // weight's gradient is summed in lanes over a group of blocks, then over the lanes, then over the groups in order
 // (64 groups at most, fixed by B alone), so the thread count changes no bit there either.
 //
+// That pays while the weight is small (Frappe's AutoInt+: [40, 10]). A wide layer (BARS' config: [512, 128]) is a
+// real matrix product, which MKL does far better than lanes of broadcast multiply-adds, and its per-lane weight
+// gradient (16 * width * E floats, 4 MB) would not stay in cache: there the caller passes the projection as x and no
+// weight (w null), and the kernel starts from the projection.
+//
 // Layout: x [B, n, E]; weight [width, E], rows q, k, v of every head ([3, H, D]) then, with `residual`, the
 // residual projection [H, D] (width = 3HD or 4HD); out [B, n, H, D]. x, out and dx are float32 or bf16, the
 // weight and its gradient float32. Arithmetic is float32 whatever the element type; a bf16 result is rounded
@@ -99,29 +104,39 @@ inline void lane_weighted_sum(const float* __restrict w, int64_t step, const flo
 
 // Rows [b0, b0 + rows) of a [B, N] array into lane-minor t[c * L + lane], as float; missing lanes get 0. With
 // `mask` (an array like src), an element counts only where mask > 0. A block is copied whole, once, rather
-// than head by head: runs of N contiguous numbers instead of D (a third of the kernel's time at D = 5).
+// than head by head: runs of N contiguous numbers instead of D (a third of the kernel's time at D = 5). The copy
+// goes in chunks of 64 columns, so the 4 KB of t that 16 rows write stays in L1 (a wide layer's block is larger
+// than L1: BARS' config, 10 fields of 512, is 328 KB, and column by column its strided stores missed).
+constexpr int64_t kChunk = 64;
+
 template <class T>
 inline void to_lanes(const T* src, const T* mask, int64_t b0, int64_t rows, int64_t N, float* __restrict t) {
-  for (int64_t l = 0; l < L; ++l) {
-    if (l >= rows) {
-      for (int64_t c = 0; c < N; ++c) t[c * L + l] = 0.0f;
-      continue;
-    }
-    const T* s = src + (b0 + l) * N;
-    if (mask == nullptr) {
-      for (int64_t c = 0; c < N; ++c) t[c * L + l] = load(s, c);
-    } else {
-      const T* m = mask + (b0 + l) * N;
-      for (int64_t c = 0; c < N; ++c) t[c * L + l] = load(m, c) > 0.0f ? load(s, c) : 0.0f;
+  for (int64_t c0 = 0; c0 < N; c0 += kChunk) {
+    const int64_t c1 = std::min(N, c0 + kChunk);
+    for (int64_t l = 0; l < L; ++l) {
+      if (l >= rows) {
+        for (int64_t c = c0; c < c1; ++c) t[c * L + l] = 0.0f;
+        continue;
+      }
+      const T* s = src + (b0 + l) * N;
+      if (mask == nullptr) {
+        for (int64_t c = c0; c < c1; ++c) t[c * L + l] = load(s, c);
+      } else {
+        const T* m = mask + (b0 + l) * N;
+        for (int64_t c = c0; c < c1; ++c) t[c * L + l] = load(m, c) > 0.0f ? load(s, c) : 0.0f;
+      }
     }
   }
 }
 
 template <class T>
 inline void from_lanes(const float* __restrict t, int64_t b0, int64_t rows, int64_t N, T* dst) {
-  for (int64_t l = 0; l < rows; ++l) {
-    T* d = dst + (b0 + l) * N;
-    for (int64_t c = 0; c < N; ++c) store(d, c, t[c * L + l]);
+  for (int64_t c0 = 0; c0 < N; c0 += kChunk) {
+    const int64_t c1 = std::min(N, c0 + kChunk);
+    for (int64_t l = 0; l < rows; ++l) {
+      T* d = dst + (b0 + l) * N;
+      for (int64_t c = c0; c < c1; ++c) store(d, c, t[c * L + l]);
+    }
   }
 }
 
@@ -176,17 +191,23 @@ template <class T>
 void forward(const T* x, const float* w, int64_t B, int64_t n, int64_t E, int64_t H, int64_t D, bool residual,
              bool relu, float scale, int threads, T* out, float* attn) {
   const int64_t HD = H * D, width = (residual ? 4 : 3) * HD, blocks = (B + L - 1) / L;
+  const bool fused = w != nullptr;  // else x is the projection itself (E = width), made by the caller
+  const int64_t xe = fused ? E : 0;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> buffer((E + width + HD) * n * L);
+    std::vector<float> buffer((xe + width + HD) * n * L);
     float* __restrict xl = buffer.data();      // the block's x, xl[(i * E + e) * L + lane]
-    float* __restrict p = xl + n * E * L;      // its projections, p[(i * width + c) * L + lane]
+    float* __restrict p = xl + n * xe * L;     // its projections, p[(i * width + c) * L + lane]
     float* __restrict o = p + n * width * L;  // its output, o[(i * HD + c) * L + lane]
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t b0 = blk * L, rows = std::min(L, B - b0);
-      to_lanes<T>(x, nullptr, b0, rows, n * E, xl);
-      project(w, xl, n, E, width, p);
+      if (fused) {
+        to_lanes<T>(x, nullptr, b0, rows, n * E, xl);
+        project(w, xl, n, E, width, p);
+      } else {
+        to_lanes<T>(x, nullptr, b0, rows, n * width, p);
+      }
       for (int64_t h = 0; h < H; ++h) {
         const float* __restrict q = p + h * D * L;
         const float* __restrict k = p + (H + h) * D * L;
@@ -243,29 +264,36 @@ void forward(const T* x, const float* w, int64_t B, int64_t n, int64_t E, int64_
 int64_t groups_of(int64_t B) { return std::min<int64_t>(64, (B + L - 1) / L); }
 
 // dout [B, n, H, D]; with `relu`, out is the forward's output (the ReLU's mask: out > 0). Writes dx and dw; slots
-// is scratch of groups_of(B) * width * E floats.
+// is scratch of groups_of(B) * width * E floats. With w null, x is the projection and dx its gradient (dw, slots
+// unused).
 template <class T>
 void backward(const T* x, const float* w, const float* attn, const T* out, const T* dout, int64_t B, int64_t n,
               int64_t E, int64_t H, int64_t D, bool residual, bool relu, float scale, int threads, T* dx, float* dw,
               float* slots) {
   const int64_t HD = H * D, width = (residual ? 4 : 3) * HD, blocks = (B + L - 1) / L, groups = groups_of(B);
+  const bool fused = w != nullptr;  // else x is the projection itself (E = width): dx is its gradient, no dw
+  const int64_t xe = fused ? E : 0, we = fused ? width * E : 0;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> buffer((2 * E + 2 * width + HD + n) * n * L + width * E * L);
+    std::vector<float> buffer((2 * xe + 2 * width + HD + n) * n * L + we * L);
     float* __restrict xl = buffer.data();        // the block's x
-    float* __restrict dxl = xl + n * E * L;      // its gradient
-    float* __restrict p = dxl + n * E * L;       // the block's projections
+    float* __restrict dxl = xl + n * xe * L;     // its gradient
+    float* __restrict p = dxl + n * xe * L;      // the block's projections
     float* __restrict dp = p + n * width * L;    // their gradient, the same layout
     float* __restrict go = dp + n * width * L;   // dO (through the ReLU), go[(i * HD + c) * L + lane]
     float* __restrict ds = go + n * HD * L;      // ds[(i * n + j) * L + lane]
     float* __restrict dwl = ds + n * n * L;      // the group's weight gradient, per lane
 #pragma omp for schedule(static)
     for (int64_t group = 0; group < groups; ++group) {
-      std::fill(dwl, dwl + width * E * L, 0.0f);
+      std::fill(dwl, dwl + we * L, 0.0f);
       for (int64_t blk = group * blocks / groups; blk < (group + 1) * blocks / groups; ++blk) {
         const int64_t b0 = blk * L, rows = std::min(L, B - b0);
-        to_lanes<T>(x, nullptr, b0, rows, n * E, xl);
-        project(w, xl, n, E, width, p);
+        if (fused) {
+          to_lanes<T>(x, nullptr, b0, rows, n * E, xl);
+          project(w, xl, n, E, width, p);
+        } else {
+          to_lanes<T>(x, nullptr, b0, rows, n * width, p);
+        }
         to_lanes<T>(dout, relu ? out : nullptr, b0, rows, n * HD, go);
         if (residual) {  // d residual = dO
           for (int64_t i = 0; i < n; ++i) {
@@ -306,20 +334,24 @@ void backward(const T* x, const float* w, const float* attn, const T* out, const
             lane_weighted_sum(a + z * L, n, gh, HD, n, D, dp + (z * width + (2 * H + h) * D) * L);
           }
         }
-        project_back(w, xl, dp, n, E, width, dxl, dwl);  // missing lanes have x = 0: they add nothing to dw
-        from_lanes<T>(dxl, b0, rows, n * E, dx);
+        if (fused) {
+          project_back(w, xl, dp, n, E, width, dxl, dwl);  // missing lanes have x = 0: they add nothing to dw
+          from_lanes<T>(dxl, b0, rows, n * E, dx);
+        } else {
+          from_lanes<T>(dp, b0, rows, n * width, dx);
+        }
       }
-      float* slot = slots + group * width * E;
-      for (int64_t c = 0; c < width * E; ++c) {
+      float* slot = slots + group * we;
+      for (int64_t c = 0; c < we; ++c) {
         float total = 0.0f;
         for (int64_t l = 0; l < L; ++l) total += dwl[c * L + l];
         slot[c] = total;
       }
     }
   }
-  for (int64_t c = 0; c < width * E; ++c) {
+  for (int64_t c = 0; c < we; ++c) {
     float total = 0.0f;
-    for (int64_t group = 0; group < groups; ++group) total += slots[group * width * E + c];
+    for (int64_t group = 0; group < groups; ++group) total += slots[group * we + c];
     dw[c] = total;
   }
 }
