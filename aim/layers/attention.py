@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aim.layers.dropout import dropout_mask
-from aim.layers.native import attention_kernel, pair_kernel
+from aim.layers.native import FLOAT_SUFFIX, PAIR_SUFFIX, attention_kernel, pair_kernel
 
 
 class AttentionNet(nn.Module):
@@ -59,7 +59,7 @@ class MultiHeadSelfAttention(nn.Module):
         scale = self.head_dim ** -0.5 if self.scaled else 1.0
         residual = self.residual is not None
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        if x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and attention_kernel() is not None:
+        if x.device.type == "cpu" and dtype in FLOAT_SUFFIX and attention_kernel() is not None:
             # The whole layer in the kernel; under autocast its input, output and gradients are bf16, as a
             # Linear's would be, and its weights float32. A wide layer's projections are MKL's (see the kernel).
             if weight.numel() <= _FUSED_WEIGHT_MAX:
@@ -98,7 +98,7 @@ class _FieldAttention(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor | None, heads: int, head_dim: int, scale: float, residual: bool,
                 relu: bool) -> Tensor:
         batch, fields, in_dim = x.shape
-        lib, suffix = attention_kernel(), "bf16" if x.dtype == torch.bfloat16 else "f32"
+        lib, suffix = attention_kernel(), FLOAT_SUFFIX[x.dtype]
         weight = None if weight is None else weight.contiguous()
         out = x.new_empty(batch, fields, heads * head_dim)
         attn = x.new_empty(lib.aim_field_attention_buffer(batch, fields, heads), dtype=torch.float32)
@@ -113,7 +113,7 @@ class _FieldAttention(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, attn, out = ctx.saved_tensors
         heads, head_dim, scale, residual, relu = ctx.shape
-        lib, suffix = attention_kernel(), "bf16" if x.dtype == torch.bfloat16 else "f32"
+        lib, suffix = attention_kernel(), FLOAT_SUFFIX[x.dtype]
         grad = grad.to(x.dtype).contiguous()
         batch, fields, in_dim = x.shape
         dx = torch.empty_like(x)
@@ -283,7 +283,7 @@ class _NativePairSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, embedded, pairs, weight, bias, score, values, mask, keep, temperature):
-        lib, suffix = pair_kernel(), "f64" if embedded.dtype == torch.float64 else "f32"
+        lib, suffix = pair_kernel(), PAIR_SUFFIX[embedded.dtype]
         batch, n, dim = embedded.shape
         m, hidden_dim = pairs.shape[0], weight.shape[0]
         left, right = (pairs[:, i].to(torch.int64).contiguous() for i in (0, 1))  # the kernel reads int64
@@ -302,7 +302,7 @@ class _NativePairSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         embedded, left, right, weight_t, bias, score, values, keep, weights, pair_values = ctx.saved_tensors
-        lib, suffix = pair_kernel(), "f64" if embedded.dtype == torch.float64 else "f32"
+        lib, suffix = pair_kernel(), PAIR_SUFFIX[embedded.dtype]
         batch, n, dim = embedded.shape
         m, hidden_dim = left.shape[0], weight_t.shape[1]
         grad = grad.contiguous()

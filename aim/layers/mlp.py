@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aim.layers.dropout import Dropout, dropout_draw
-from aim.layers.native import mlp_kernel
+from aim.layers.native import FLOAT_SUFFIX, mlp_kernel
 
 
 class FP32Linear(nn.Linear):
@@ -22,14 +22,12 @@ class FP32Linear(nn.Linear):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if (self.out_features == 1 and x.device.type == "cpu" and x.dim() == 2 and x.dtype in _SUFFIX
+        if (self.out_features == 1 and x.device.type == "cpu" and x.dim() == 2 and x.dtype in FLOAT_SUFFIX
                 and self.weight.dtype == torch.float32 and mlp_kernel() is not None):
             return _OutputUnit.apply(x.contiguous(), self.weight.view(-1), self.bias)
         with torch.autocast(x.device.type, enabled=False):
             return F.linear(x.to(self.weight.dtype), self.weight, self.bias)  # float32 weights: a float32 logit
 
-
-_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}  # the kernel's element types
 
 
 class _BatchNormReLUDropout(torch.autograd.Function):
@@ -41,7 +39,7 @@ class _BatchNormReLUDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, gamma: Tensor, beta: Tensor, key: int, drop: int, scale: float,
                 eps: float) -> tuple[Tensor, Tensor, Tensor]:
-        function = getattr(mlp_kernel(), f"aim_bnrd_forward_{_SUFFIX[z.dtype]}")
+        function = getattr(mlp_kernel(), f"aim_bnrd_forward_{FLOAT_SUFFIX[z.dtype]}")
         batch, width = z.shape
         y = torch.empty_like(z)
         mean, rstd, var = (gamma.new_empty(width) for _ in range(3))
@@ -59,7 +57,7 @@ class _BatchNormReLUDropout(torch.autograd.Function):
         batch, width = z.shape
         dz = torch.empty_like(z)
         dgamma, dbeta = gamma.new_empty(width), gamma.new_empty(width)
-        function = getattr(mlp_kernel(), f"aim_bnrd_backward_{_SUFFIX[z.dtype]}")
+        function = getattr(mlp_kernel(), f"aim_bnrd_backward_{FLOAT_SUFFIX[z.dtype]}")
         function(grad.data_ptr(), y.data_ptr(), z.data_ptr(), mean.data_ptr(), rstd.data_ptr(), gamma.data_ptr(),
                  ctx.scale, batch, width, torch.get_num_threads(), dz.data_ptr(), dgamma.data_ptr(),
                  dbeta.data_ptr())
@@ -74,7 +72,7 @@ class _OutputUnit(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         batch, width = x.shape
         out = weight.new_empty(batch, 1)
-        getattr(mlp_kernel(), f"aim_unit_forward_{_SUFFIX[x.dtype]}")(
+        getattr(mlp_kernel(), f"aim_unit_forward_{FLOAT_SUFFIX[x.dtype]}")(
             x.data_ptr(), weight.data_ptr(), 0.0 if bias is None else float(bias), batch, width,
             torch.get_num_threads(), out.data_ptr())
         ctx.save_for_backward(x, weight)
@@ -87,7 +85,7 @@ class _OutputUnit(torch.autograd.Function):
         g = grad.float().contiguous().view(-1)
         batch, width = x.shape
         dx, dw = torch.empty_like(x), torch.empty_like(weight)
-        getattr(mlp_kernel(), f"aim_unit_backward_{_SUFFIX[x.dtype]}")(
+        getattr(mlp_kernel(), f"aim_unit_backward_{FLOAT_SUFFIX[x.dtype]}")(
             x.data_ptr(), weight.data_ptr(), g.data_ptr(), batch, width, torch.get_num_threads(), dx.data_ptr(),
             dw.data_ptr())
         return dx, dw, g.sum().view(1) if ctx.has_bias else None
@@ -97,7 +95,7 @@ def fused_hidden_layer(z: Tensor, norm: nn.BatchNorm1d, dropout: Dropout | None)
     """``dropout(relu(norm(z)))`` in training mode through the native kernel, updating ``norm``'s running statistics
     as torch does; None where the kernel does not apply (not a float32 or bf16 z on CPU, no kernel, other settings).
     Under bf16 autocast z is bf16 and so is the result, as with torch's batch norm; statistics stay float32."""
-    if (z.device.type != "cpu" or z.dtype not in _SUFFIX or z.dim() != 2 or z.shape[0] < 2
+    if (z.device.type != "cpu" or z.dtype not in FLOAT_SUFFIX or z.dim() != 2 or z.shape[0] < 2
             or not norm.affine or not norm.track_running_stats or norm.momentum is None
             or norm.weight.dtype != torch.float32 or mlp_kernel() is None):
         return None

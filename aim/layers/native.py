@@ -28,6 +28,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch  # loaded before any kernel, so that a kernel shares torch's libgomp (one OpenMP runtime)
+
 SOURCE = Path(__file__).with_name("csrc") / "attentive_pair_sum.cpp"
 MLP_SOURCE = Path(__file__).with_name("csrc") / "batch_norm_relu_dropout.cpp"
 ROWS_SOURCE = Path(__file__).with_name("csrc") / "index_add_rows.cpp"
@@ -37,6 +39,9 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 _P, _INT, _I64, _U32, _U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint64
 _BOOL = ctypes.c_bool
 _F32, _F64 = ctypes.c_float, ctypes.c_double
+# The element types each kernel takes, as the suffixes of its entry points' names (aim_bnrd_forward_bf16, ...).
+FLOAT_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}  # the MLP's and AutoInt's kernels
+PAIR_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}  # AFM's and IFM's pair kernel
 # (emb, left, right, wt, bias, score, values, mask, keep, temperature, batch, n, m, d, t, threads,
 #  out, weights, pair_values)
 _PAIR_FORWARD = [_P] * 9 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 3
@@ -45,27 +50,27 @@ _PAIR_FORWARD = [_P] * 9 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 3
 _PAIR_BACKWARD = [_P] * 8 + [_F64] + [_I64] * 5 + [_INT] + [_P] * 6
 PAIR_SIGNATURES = {f"aim_pair_{way}_{suffix}": types for way, types in (("forward", _PAIR_FORWARD),
                                                                         ("backward", _PAIR_BACKWARD))
-                   for suffix in ("f32", "f64")}
+                   for suffix in PAIR_SUFFIX.values()}
 MLP_SIGNATURES = {
     # (z, gamma, beta, key, drop, scale, eps, batch, width, threads, y, mean, rstd, var)
     **{f"aim_bnrd_forward_{t}": [_P] * 3 + [_U64, _U32, _F32, _F64, _I64, _I64, _INT] + [_P] * 4
-       for t in ("f32", "bf16")},
+       for t in FLOAT_SUFFIX.values()},
     # (dy, y, z, mean, rstd, gamma, scale, batch, width, threads, dz, dgamma, dbeta)
-    **{f"aim_bnrd_backward_{t}": [_P] * 6 + [_F32, _I64, _I64, _INT] + [_P] * 3 for t in ("f32", "bf16")},
+    **{f"aim_bnrd_backward_{t}": [_P] * 6 + [_F32, _I64, _I64, _INT] + [_P] * 3 for t in FLOAT_SUFFIX.values()},
     # (x, w, b, batch, width, threads, out) and (x, w, g, batch, width, threads, dx, dw)
-    **{f"aim_unit_forward_{t}": [_P, _P, _F32, _I64, _I64, _INT, _P] for t in ("f32", "bf16")},
-    **{f"aim_unit_backward_{t}": [_P] * 3 + [_I64, _I64, _INT, _P, _P] for t in ("f32", "bf16")},
+    **{f"aim_unit_forward_{t}": [_P, _P, _F32, _I64, _I64, _INT, _P] for t in FLOAT_SUFFIX.values()},
+    **{f"aim_unit_backward_{t}": [_P] * 3 + [_I64, _I64, _INT, _P, _P] for t in FLOAT_SUFFIX.values()},
     # (x or null, key, drop, scale, first index, n, threads, out)
     "aim_dropout": [_P, _U64, _U32, _F32, _U64, _I64, _INT, _P],
 }
 ATTENTION_SIGNATURES = {
     # (x, weight, batch, fields, in_dim, heads, head_dim, residual, relu, scale, threads, out, attn)
     **{f"aim_field_attention_forward_{t}": [_P, _P] + [_I64] * 5 + [_BOOL, _BOOL, _F32, _INT, _P, _P]
-       for t in ("f32", "bf16")},
+       for t in FLOAT_SUFFIX.values()},
     # (x, weight, attn, out, dout, batch, fields, in_dim, heads, head_dim, residual, relu, scale, threads, dx,
     #  dweight, slots)
     **{f"aim_field_attention_backward_{t}": [_P] * 5 + [_I64] * 5 + [_BOOL, _BOOL, _F32, _INT, _P, _P, _P]
-       for t in ("f32", "bf16")},
+       for t in FLOAT_SUFFIX.values()},
 }
 ROWS_SIGNATURES = {f"aim_index_add_rows_{suffix}": [_P, _P, _I64, _I64, _P] for suffix in ("i64", "i32")}
 
@@ -120,8 +125,6 @@ def _load(source: Path, signatures: dict[str, list], what: str, fallback: str) -
                       stacklevel=3)
         return None
     try:
-        import torch  # noqa: F401  # torch's libgomp is loaded first, so the kernel shares its OpenMP runtime
-
         lib = ctypes.CDLL(str(_build(compiler, source)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         warnings.warn(f"aim: the native kernel {source.name} could not be built or loaded ({err}); {what} runs as "

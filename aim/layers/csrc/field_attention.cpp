@@ -140,21 +140,29 @@ inline void from_lanes(const float* __restrict t, int64_t b0, int64_t rows, int6
   }
 }
 
+// out[(i * outs + o) * L + lane] = sum_k w[o * o_stride + k * k_stride] * in[(i * ins + k) * L + lane], for each of
+// a block's n fields: the projections (w as [outs, ins]) and, with the strides swapped, their backward to the input
+// (w read as its transpose). The sum runs over k in order either way.
+inline void lane_matvec(const float* __restrict w, int64_t o_stride, int64_t k_stride, const float* __restrict in,
+                        int64_t n, int64_t ins, int64_t outs, float* __restrict out) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < outs; ++o) {
+      float acc[L] = {};
+      for (int64_t k = 0; k < ins; ++k) {
+        const float wk = w[o * o_stride + k * k_stride];
+        const float* __restrict xk = in + (i * ins + k) * L;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) acc[l] += wk * xk[l];
+      }
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) out[(i * outs + o) * L + l] = acc[l];
+    }
+}
+
 // p[(i * width + c) * L + lane] = sum_e w[c * E + e] * x[(i * E + e) * L + lane]: a block's projections.
 inline void project(const float* __restrict w, const float* __restrict x, int64_t n, int64_t E, int64_t width,
                     float* __restrict p) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < width; ++c) {
-      float acc[L] = {};
-      for (int64_t e = 0; e < E; ++e) {
-        const float we = w[c * E + e];
-        const float* __restrict xe = x + (i * E + e) * L;
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) acc[l] += we * xe[l];
-      }
-#pragma omp simd
-      for (int64_t l = 0; l < L; ++l) p[(i * width + c) * L + l] = acc[l];
-    }
+  lane_matvec(w, E, 1, x, n, E, width, p);
 }
 
 // The projection's backward for a block:
@@ -162,18 +170,7 @@ inline void project(const float* __restrict w, const float* __restrict x, int64_
 //   dw_lanes[(c * E + e) * L + lane] += sum_i dp[(i * width + c) * L + lane] x[(i * E + e) * L + lane].
 inline void project_back(const float* __restrict w, const float* __restrict x, const float* __restrict dp, int64_t n,
                          int64_t E, int64_t width, float* __restrict dx, float* __restrict dw_lanes) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t e = 0; e < E; ++e) {
-      float acc[L] = {};
-      for (int64_t c = 0; c < width; ++c) {
-        const float wc = w[c * E + e];
-        const float* __restrict g = dp + (i * width + c) * L;
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) acc[l] += wc * g[l];
-      }
-#pragma omp simd
-      for (int64_t l = 0; l < L; ++l) dx[(i * E + e) * L + l] = acc[l];
-    }
+  lane_matvec(w, 1, E, dp, n, width, E, dx);
   for (int64_t c = 0; c < width; ++c)
     for (int64_t e = 0; e < E; ++e) {
       float* __restrict acc = dw_lanes + (c * E + e) * L;
