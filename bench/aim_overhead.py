@@ -43,8 +43,7 @@ from aim.train import TrainConfig, Trainer, place, predict, resolve_device
 from bench.train_throughput import cpu_busy, log, machine_info, warn_if_busy
 from tasks.common import GATES, read_json
 from tasks.config import load_params
-from tasks.search_interaction import from_records
-from tasks.training import load_encoded
+from tasks.training import from_records, load_encoded
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_TARGET, INFERENCE_TARGET = 3.0, 1.0

@@ -28,7 +28,7 @@ def run(params: Params) -> dict[str, Any]:
                "order2_selection_ratio": gates["orders"]["2"]["selection_ratio"],
                "search_train_seconds": round(sum(t["train_seconds"] for t in timings.values()), 3)}
     write_json(METRICS / "autofis.json", summary)
-    save_model(MODELS_DIR / "autofis.pt", net, fields, interactions=gates["interactions"])
+    save_model(MODELS_DIR / "autofis.pt", net, fields)
     return summary
 
 

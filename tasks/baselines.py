@@ -46,7 +46,7 @@ def run(params: Params, model: str) -> dict[str, Any]:
     save_predictions(model, probabilities)
     summary = {"model": model, **summary, "hyperparameters": hparams}
     write_json(metrics_path(model), summary)
-    save_model(MODELS_DIR / "baselines" / f"{model}.pt", net, fields, hyperparameters=hparams)
+    save_model(MODELS_DIR / "baselines" / f"{model}.pt", net, fields)
     return summary
 
 

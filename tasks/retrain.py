@@ -22,8 +22,16 @@ from aim.search import Interaction
 from tasks import tracking
 from tasks.common import GATES, METRICS, read_json, stage_main, write_json
 from tasks.config import Params, RetrainConfig
-from tasks.search_interaction import from_records, to_records
-from tasks.training import MODELS_DIR, load_encoded, save_model, save_predictions, train_and_test, train_config
+from tasks.training import (
+    MODELS_DIR,
+    from_records,
+    load_encoded,
+    save_model,
+    save_predictions,
+    to_records,
+    train_and_test,
+    train_config,
+)
 
 
 def retrain(params: Params, section: RetrainConfig, fields: list[FieldSpec], splits: dict[str, CTRData],
@@ -82,8 +90,7 @@ def run(params: Params) -> dict[str, Any]:
     kept_dims = [embed["fields"][n]["kept"] for n in names]
     summary, net = retrain(params, params.retrain, fields, splits, gates, kept_dims, "retrain")
     write_json(METRICS / "retrain.json", {"model": "aim", **summary})
-    save_model(MODELS_DIR / "aim.pt", net, fields, interactions=gates["interactions"], kept_dims=kept_dims,
-               retrain=params.retrain.model_dump())
+    save_model(MODELS_DIR / "aim.pt", net, fields)
     print(f"retrain: parameters {summary['parameters_before_eds']:,} before EDS, "
           f"{summary['parameters_after_eds']:,} after")
     return summary

@@ -18,8 +18,7 @@ from aim.models import build_model
 from tasks import tracking
 from tasks.common import GATES, METRICS, read_json, stage_main, write_json
 from tasks.config import Params
-from tasks.search_interaction import from_records
-from tasks.training import load_encoded, search_grda_c, train_and_test, train_config
+from tasks.training import from_records, load_encoded, search_grda_c, train_and_test, train_config
 
 
 def run(params: Params) -> dict[str, Any]:

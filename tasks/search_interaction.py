@@ -12,7 +12,6 @@ and one curve per order under ``reports/search_interaction/``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,27 +22,14 @@ from aim.search import Interaction, all_pairs, combine, kept, top_k
 from tasks import tracking
 from tasks.common import GATES, METRICS, stage_main, write_json
 from tasks.config import Params, SearchConfig
-from tasks.training import load_encoded, save_predictions, search_grda_c, train_and_test, train_config
-
-
-def to_records(interactions: list[Interaction], names: list[str]) -> list[dict[str, Any]]:
-    """Interactions as JSON records naming their fields, strongest gate first."""
-    ordered = sorted(interactions, key=lambda it: (it.order, -abs(it.gate), it.fields, it.function))
-    return [{"fields": [names[f] for f in it.fields], "order": it.order, "function": it.function,
-             "gate": round(it.gate, 6)} for it in ordered]
-
-
-def from_records(records: list[dict[str, Any]], names: list[str], where: Path) -> list[Interaction]:
-    """The inverse of ``to_records``; a field the data does not have is an error naming the file."""
-    position = {name: i for i, name in enumerate(names)}
-    out = []
-    for k, r in enumerate(records):
-        missing = [f for f in r["fields"] if f not in position]
-        if missing:
-            raise ValueError(f"{where}: interactions[{k}] names field {missing[0]!r}, which the encoded data "
-                             f"does not have: re-run the search for this dataset (dvc repro)")
-        out.append(Interaction(tuple(sorted(position[f] for f in r["fields"])), r["function"], float(r["gate"])))
-    return out
+from tasks.training import (
+    load_encoded,
+    save_predictions,
+    search_grda_c,
+    to_records,
+    train_and_test,
+    train_config,
+)
 
 
 def search(params: Params, section: SearchConfig, fields: list[FieldSpec], splits: dict[str, CTRData],

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import torch
 
 from aim.data import CTRData, FieldSpec, from_arrow
-from aim.models import CTRModel
-from aim.search import length_scaled_c
+from aim.models import CTRModel, build_model
+from aim.search import Interaction, length_scaled_c
 from aim.train import EpochRecord, TrainConfig, Trainer, metrics, predict
 from tasks.common import (
     FEATURE_MAP,
@@ -217,7 +217,54 @@ def save_predictions(name: str, probabilities: np.ndarray) -> None:
     np.save(PREDICTIONS / f"{name}.npy", probabilities)
 
 
-def save_model(path: Path, net: CTRModel, fields: list[FieldSpec], **extra: Any) -> None:
+def _record(it: Interaction, names: list[str]) -> dict[str, Any]:
+    return {"fields": [names[f] for f in it.fields], "order": it.order, "function": it.function,
+            "gate": round(it.gate, 6)}
+
+
+def to_records(interactions: list[Interaction], names: list[str]) -> list[dict[str, Any]]:
+    """Interactions as JSON records naming their fields, strongest gate first."""
+    ordered = sorted(interactions, key=lambda it: (it.order, -abs(it.gate), it.fields, it.function))
+    return [_record(it, names) for it in ordered]
+
+
+def from_records(records: list[dict[str, Any]], names: list[str], where: Path) -> list[Interaction]:
+    """The inverse of ``to_records``; a field the data does not have is an error naming the file."""
+    position = {name: i for i, name in enumerate(names)}
+    out = []
+    for k, r in enumerate(records):
+        missing = [f for f in r["fields"] if f not in position]
+        if missing:
+            raise ValueError(f"{where}: interactions[{k}] names field {missing[0]!r}, which the encoded data "
+                             f"does not have: re-run the search for this dataset (dvc repro)")
+        out.append(Interaction(tuple(sorted(position[f] for f in r["fields"])), r["function"], float(r["gate"])))
+    return out
+
+
+def save_model(path: Path, net: CTRModel, fields: list[FieldSpec]) -> None:
+    """``net``'s weights and what builds it again (``load_model``): its registry name, its fields and the
+    hyper-parameters ``build_model`` was given (interactions as records naming their fields, in the model's order:
+    its weights follow that order). Plain types and tensors only, so the file loads with ``weights_only=True``."""
+    names = [f.name for f in fields]
+    hparams = {k: [_record(it, names) for it in v] if k == "interactions" else v for k, v in net.hparams.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": net.name, "fields": [dataclasses.asdict(f) for f in fields],
-                "state_dict": net.state_dict(), **extra}, path)
+    torch.save({"model": net.name, "fields": [dataclasses.asdict(f) for f in fields], "hyperparameters": hparams,
+                "state_dict": net.state_dict()}, path)
+
+
+def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[CTRModel, list[FieldSpec]]:
+    """A model a training stage saved (``models/aim.pt``, ``models/baselines/<model>.pt``, ...), rebuilt with its
+    trained weights, in eval mode, and the fields it reads: ``predict(model, from_arrow(table, fields))`` scores
+    a split encoded with the same ``feature_map.json``."""
+    path = Path(path)
+    saved = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(saved, dict) or not {"model", "fields", "hyperparameters", "state_dict"} <= saved.keys():
+        raise ValueError(f"{path}: not a model file of this version's training stages (it needs the keys model, "
+                         f"fields, hyperparameters and state_dict): re-run the stage that writes it (dvc repro)")
+    fields = [FieldSpec(**f) for f in saved["fields"]]
+    hparams = dict(saved["hyperparameters"])
+    if "interactions" in hparams:
+        hparams["interactions"] = from_records(hparams["interactions"], [f.name for f in fields], path)
+    model = build_model(saved["model"], fields, **hparams)
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), fields

@@ -18,8 +18,15 @@ from aim.models import build_model
 from tasks import tracking
 from tasks.common import GATES, METRICS, check_command_line, read_json, stage_main, write_json
 from tasks.config import ConfigError, Params
-from tasks.search_interaction import from_records
-from tasks.training import MODELS_DIR, load_encoded, save_model, save_predictions, train_and_test, train_config
+from tasks.training import (
+    MODELS_DIR,
+    from_records,
+    load_encoded,
+    save_model,
+    save_predictions,
+    train_and_test,
+    train_config,
+)
 
 
 def run(params: Params, model: str) -> dict[str, Any]:
@@ -44,8 +51,7 @@ def run(params: Params, model: str) -> dict[str, Any]:
     save_predictions(model, probabilities)
     summary = {"model": model, **summary, "interactions": len(interactions), "hyperparameters": hparams}
     write_json(METRICS / "transfer" / f"{model}.json", summary)
-    save_model(MODELS_DIR / "transfer" / f"{model}.pt", net, fields, hyperparameters=hparams,
-               interactions=gates["interactions"])
+    save_model(MODELS_DIR / "transfer" / f"{model}.pt", net, fields)
     return summary
 
 

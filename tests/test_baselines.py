@@ -9,7 +9,7 @@ import yaml
 
 from tasks import baselines, encode, generate, ingest
 from tasks.config import ConfigError, parse_params
-from tasks.training import Checkpoint, load_encoded
+from tasks.training import Checkpoint, load_encoded, load_model
 from tests.conftest import ROOT
 
 
@@ -37,11 +37,18 @@ def test_stage_writes_metrics_model_and_curve(encoded: Path) -> None:
                 "inference_seconds_per_100k"):
         assert key in saved, key
     assert 0.5 < saved["test_auc"] <= 1 and saved["epochs"] <= 3 and saved["hyperparameters"]["embedding_dim"] == 4
-    model = torch.load("models/baselines/fm.pt", weights_only=False)
-    assert model["model"] == "fm" and sum(v.numel() for v in model["state_dict"].values()) == saved["parameters"]
+    model, fields = load_model("models/baselines/fm.pt")  # weights_only: plain types and tensors
+    assert model.name == "fm" and model.hparams["embedding_dim"] == 4 and model.num_parameters() == saved["parameters"]
+    assert fields == load_encoded()[0]
     curve = Path("reports/baselines/fm.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,train_loss,valid_auc") and len(curve) == saved["epochs"] + 1
     assert not Path("models/checkpoints/baselines/fm.ckpt").exists()  # removed once the run finished
+
+
+def test_a_file_that_is_not_a_model_is_named(tmp_path: Path) -> None:
+    torch.save({"state_dict": {}}, tmp_path / "old.pt")  # no name, fields or hyper-parameters: an older format
+    with pytest.raises(ValueError, match=r"old\.pt: not a model file .*re-run the stage"):
+        load_model(tmp_path / "old.pt")
 
 
 def test_same_params_same_metrics(encoded: Path) -> None:

@@ -1,13 +1,36 @@
 """The pipeline as a user drives it: `dvc repro` in a fresh clone, then again, then with a changed param."""
 
 import json
+from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
 
+from aim.train import predict
+from tasks.training import load_encoded, load_model
 from tests.conftest import Reproduced, needs_shared, ran, sh
 
 BASELINES = ["baselines@lr", "baselines@fm"]
 AIM = ["search_interaction", "search_embed", "retrain", "autofis", "transfer@deepfm_if", "transfer@ipnn_if"]
+
+
+def test_saved_models_load_and_score_as_trained(reproduced: Reproduced, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model file a stage wrote builds again with its weights and scores the test split as the stage did."""
+    monkeypatch.chdir(reproduced.repo)  # first, while the project is as `dvc repro` left it
+    fields, splits = load_encoded()
+    saved = {  # model file: (its test predictions, its metrics)
+        "models/aim.pt": ("retrain", "retrain"), "models/autofis.pt": ("autofis", "autofis"),
+        "models/transfer/deepfm_if.pt": ("deepfm_if", "transfer/deepfm_if"),
+        "models/transfer/ipnn_if.pt": ("ipnn_if", "transfer/ipnn_if"),
+        "models/baselines/lr.pt": ("lr", "baselines/lr"), "models/baselines/fm.pt": ("fm", "baselines/fm"),
+    }
+    for path, (predictions, metrics) in saved.items():
+        model, model_fields = load_model(path)
+        assert model_fields == fields and not model.training, path
+        assert model.num_parameters() == json.loads(Path(f"metrics/{metrics}.json").read_text())["parameters"], path
+        np.testing.assert_allclose(predict(model, splits["test"]), np.load(f"reports/predictions/{predictions}.npy"),
+                                   rtol=0, atol=1e-6, err_msg=path)
 
 
 def test_repro_then_nothing_then_only_downstream(reproduced: Reproduced) -> None:

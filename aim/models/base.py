@@ -43,12 +43,15 @@ def hyperparameters(name: str) -> dict[str, Any]:
 
 
 def build_model(name: str, fields: Sequence[FieldSpec], **hparams: Any) -> CTRModel:
-    """``MODELS[name](fields, **hparams)``, with a clear error for an unknown name or hyper-parameter."""
+    """``MODELS[name](fields, **hparams)``, with a clear error for an unknown name or hyper-parameter. The model
+    keeps ``hparams`` as ``model.hparams``: with its name and fields, what builds it again (to load saved weights)."""
     known = hyperparameters(name)
     unknown = sorted(set(hparams) - set(known))
     if unknown:
         raise ValueError(f"model {name!r} has no hyper-parameter {unknown[0]!r}; it takes {sorted(known)}")
-    return MODELS[name](fields, **hparams)
+    model = MODELS[name](fields, **hparams)
+    model.hparams = dict(hparams)
+    return model
 
 
 def _lookup(name: str) -> type[CTRModel]:
