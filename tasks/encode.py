@@ -181,9 +181,8 @@ def encode_field(f: Field, column: pa.ChunkedArray, train_rows: np.ndarray, min_
         train = train_x[present]
         qs = np.arange(1, f.buckets) / f.buckets
         cuts = np.unique(np.quantile(train, qs)).tolist() if train.size else []
-        bucket = np.searchsorted(np.asarray(cuts), x, side="left")  # = number of boundaries below the value
-        codes = np.where(np.isnan(x), MISSING, FIRST_CODE + bucket).astype(np.int32)
-        counts = np.bincount(bucket[train_rows][present], minlength=len(cuts) + 1)
+        codes = bucket_codes(x, cuts)
+        counts = np.bincount(codes[train_rows][present] - FIRST_CODE, minlength=len(cuts) + 1)
         vocab = pl.DataFrame({"token": [str(i) for i in range(len(cuts) + 1)], "count": counts.astype(np.int64),
                               "code": np.arange(FIRST_CODE, FIRST_CODE + len(cuts) + 1, dtype=np.int32)})
         return codes, vocab, cuts
@@ -204,13 +203,43 @@ def encode_field(f: Field, column: pa.ChunkedArray, train_rows: np.ndarray, min_
     lut = np.full(len(counts) + 1, OOV, np.int32)  # the extra last slot is for idx == -1
     lut[kept] = np.arange(FIRST_CODE, FIRST_CODE + len(kept), dtype=np.int32)
     lut[-1] = MISSING
-    codes = lut[idx]
     vocab = pl.DataFrame({"token": pc.cast(dictionary.take(pa.array(kept)), pa.string()),
                           "count": counts[kept].astype(np.int64),
                           "code": np.arange(FIRST_CODE, FIRST_CODE + len(kept), dtype=np.int32)})
+    return codes_from_lut(lut, idx, lengths), vocab, None
+
+
+def apply_vocabulary(f: Field, column: pa.ChunkedArray, vocab: pl.DataFrame, cuts: list[float] | None,
+                     ) -> np.ndarray | pa.Array:
+    """Code a column with a vocabulary fitted before: ``vocab`` holds the field's rows of vocab.parquet (token,
+    code) and ``cuts`` a quantile field's boundaries. How ``tasks.score`` codes new logs; a value not in the
+    vocabulary is out-of-vocabulary, as in the valid and test splits (a test holds this equal to the codes
+    ``encode_field`` gives every split)."""
+    if f.kind == "numeric" and f.bucketing == "quantile":
+        return bucket_codes(column.to_numpy(), cuts or [])
+    tokens, lengths = field_tokens(f, column)
+    dictionary, idx = dictionary_indices(tokens)
+    # Vocabulary tokens are stored as text, so this data's distinct values are looked up as text too.
+    position = pc.index_in(pc.cast(dictionary, pa.string()), value_set=vocab["token"].to_arrow().cast(pa.string()))
+    found = position.is_valid().to_numpy(zero_copy_only=False)
+    lut = np.full(len(dictionary) + 1, OOV, np.int32)  # the extra last slot is for idx == -1
+    lut[:-1][found] = vocab["code"].to_numpy()[position.drop_null().to_numpy()]
+    lut[-1] = MISSING
+    return codes_from_lut(lut, idx, lengths)
+
+
+def bucket_codes(x: np.ndarray, cuts: list[float]) -> np.ndarray:
+    """A quantile field's codes: the first code plus the number of boundaries below the value; NaN is missing."""
+    bucket = np.searchsorted(np.asarray(cuts), x, side="left")
+    return np.where(np.isnan(x), MISSING, FIRST_CODE + bucket).astype(np.int32)
+
+
+def codes_from_lut(lut: np.ndarray, idx: np.ndarray, lengths: np.ndarray | None) -> np.ndarray | pa.Array:
+    """Each token's code, ``lut[idx]`` (idx -1, a missing value, reads the last slot); a multi-valued field's codes
+    go back into their rows' lists, where a null list becomes [MISSING] and an empty one stays empty (padding)."""
+    codes = lut[idx]
     if lengths is None:
-        return codes, vocab, None
-    # Rebuild the lists; a null list becomes [MISSING], an empty one stays empty (all padding).
+        return codes
     out_lengths = np.where(lengths < 0, 1, lengths)
     offsets = np.zeros(len(lengths) + 1, np.int32)
     np.cumsum(out_lengths, out=offsets[1:])
@@ -219,7 +248,7 @@ def encode_field(f: Field, column: pa.ChunkedArray, train_rows: np.ndarray, min_
     np.cumsum(np.maximum(lengths, 0)[:-1], out=src_starts[1:])
     shift = np.repeat(offsets[:-1] - src_starts, np.maximum(lengths, 0))
     flat[np.arange(len(codes)) + shift] = codes
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)), vocab, None
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
 
 
 def _oov_by_split(codes: np.ndarray | pa.Array, split: np.ndarray) -> np.ndarray:

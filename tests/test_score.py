@@ -1,0 +1,119 @@
+"""Scoring new raw logs with a saved model (tasks.score): rows coded as encode coded them, the stage's own
+predictions reproduced, bad lines kept aside and counted, clear errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from tasks import baselines, encode, generate, ingest, score
+from tasks.common import FEATURE_MAP, ROWS, SPLITS, VOCAB, StageError, read_json, split_path
+from tasks.config import Params, parse_params
+from tests.conftest import ROOT, needs_shared, project_params
+
+MODEL = Path("models/baselines/fm.pt")
+LOG = Path("data/raw/synthetic/clicks.tsv")
+
+
+def synthetic(**sections) -> Params:
+    """The project's params on a 3,000-row synthetic log, written where the test runs."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["generate"].update(rows=3000)
+    raw["train"].update(epochs=2)
+    raw.update(sections)
+    return parse_params(raw)
+
+
+def encode_all(params) -> None:
+    for stage in (generate, ingest, encode) if params.dataset == "synthetic" else (ingest, encode):
+        stage.run(params)
+
+
+def assert_codes_match_encode(params) -> None:
+    """score's coding of the interim rows equals, split by split, what encode wrote."""
+    codes = score.encode_rows(pl.read_parquet(ROWS), read_json(FEATURE_MAP), pl.read_parquet(VOCAB))
+    split = encode.assign_splits(codes.num_rows, params)
+    ours = pl.from_arrow(codes)
+    for split_id, name in enumerate(SPLITS):
+        written = pl.read_parquet(split_path(name)).drop("label")
+        assert ours.filter(pl.Series(split == split_id)).equals(written), name
+
+
+def test_codes_equal_encode_on_the_synthetic_log(workdir: Path) -> None:
+    params = synthetic()
+    encode_all(params)
+    assert_codes_match_encode(params)  # criteo_log numerics, categoricals, a multi-valued field, OOV in valid/test
+
+
+@needs_shared
+def test_codes_equal_encode_on_movielens(workdir: Path) -> None:
+    params = project_params("movielens_100k")  # quantile ages, zip prefixes, hour and weekday, multi-hot genres, joins
+    encode_all(params)
+    assert_codes_match_encode(params)
+
+
+@pytest.fixture
+def trained(workdir: Path):
+    params = synthetic(baselines={"models": {"fm": {"embedding_dim": 4}}})
+    encode_all(params)
+    baselines.run(params, "fm")
+    return params
+
+
+def test_scores_reproduce_the_stage_and_keep_bad_lines(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = LOG.read_text().splitlines()
+    log = Path("to_score.tsv")  # the log, then a line with a label outside the mapping and one with a column short
+    log.write_text("\n".join([*lines, "7\t" + lines[0].split("\t", 1)[1], lines[1].rsplit("\t", 1)[0]]) + "\n")
+    summary = score.run(trained, [log], MODEL, Path("out/scores.parquet"))
+    assert read_json(Path("metrics/ingest.json"))["rows_ok"] == summary["rows_scored"] == len(lines)
+    assert summary["rejected_by_reason"] == {"label outside mapping": 1, "wrong column count": 1}
+    rejected = pl.read_parquet("out/scores.rejected.parquet")
+    assert rejected["line"].to_list() == [len(lines) + 1, len(lines) + 2] and set(rejected["file"]) == {str(log)}
+    scores = pl.read_parquet("out/scores.parquet")
+    assert scores["line"].to_list() == list(range(1, len(lines) + 1))
+    # The test split's rows, in log order, get the probabilities the stage gave them.
+    split = encode.assign_splits(scores.height, trained)
+    np.testing.assert_allclose(scores["probability"].to_numpy()[split == 2], np.load("reports/predictions/fm.npy"),
+                               rtol=0, atol=1e-6)
+    assert scores["label"].to_list() == pl.read_parquet(ROWS)["label"].to_list()
+    assert json.loads(Path("out/scores.json").read_text())["auc"] == summary["auc"] > 0.5
+    printed = capsys.readouterr().out
+    assert f"{summary['rows_scored']:,} rows scored" in printed and "AUC" in printed
+
+
+def test_unlabelled_logs_score_the_same(trained) -> None:
+    labelled = score.run(trained, [LOG], MODEL, Path("a/scores.parquet"))
+    served = Path("served.tsv")  # the same log without its first column, the label
+    served.write_text("".join(line.split("\t", 1)[-1] + "\n" for line in LOG.read_text().splitlines()))
+    unlabelled = score.run(trained, [served], MODEL, Path("b/scores.parquet"), unlabelled=True)
+    a, b = pl.read_parquet("a/scores.parquet"), pl.read_parquet("b/scores.parquet")
+    assert "label" not in b.columns and "auc" not in unlabelled
+    same = a.join(b, on="line", suffix="_b")
+    assert same.height == labelled["rows_scored"] == unlabelled["rows_scored"]
+    np.testing.assert_array_equal(same["probability"].to_numpy(), same["probability_b"].to_numpy())
+
+
+def test_errors_name_what_is_wrong(trained) -> None:
+    with pytest.raises(StageError, match=r"missing\.tsv: input file not found"):
+        score.run(trained, [Path("missing.tsv")], MODEL, Path("o.parquet"))
+    with pytest.raises(StageError, match=r"models/none\.pt not found"):
+        score.run(trained, [LOG], Path("models/none.pt"), Path("o.parquet"))
+    other = project_params("criteo")
+    with pytest.raises(StageError, match=r"encoded from dataset 'synthetic'.*dataset 'criteo'"):
+        score.run(other, [LOG], MODEL, Path("o.parquet"))
+    junk = Path("junk.tsv")
+    junk.write_text("a\tb\n")
+    with pytest.raises(StageError, match=r"no usable rows .*wrong column count"):
+        score.run(trained, [junk], MODEL, Path("o.parquet"))
+
+
+def test_command_line(trained, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(score, "load_params", lambda: trained)  # no params.yaml in this directory
+    score.main([str(LOG), "--model", str(MODEL)])
+    assert pl.read_parquet(score.DEFAULT_OUT).height > 0 and "rows scored" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        score.main(["missing.tsv", "--model", str(MODEL)])
+    assert exit_info.value.code == 1 and "missing.tsv: input file not found" in capsys.readouterr().err
