@@ -413,10 +413,10 @@ def sample_negatives(rows: pl.DataFrame, spec: DatasetSpec, seed: int) -> pl.Dat
     return pl.concat([positives, negatives.select(positives.columns)])
 
 
-def join_side_table(rows: pl.DataFrame, join: JoinSpec, block_bytes: int, rejected: list[pl.DataFrame],
+def read_side_table(join: JoinSpec, block_bytes: int, rejected: list[pl.DataFrame],
                     ) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Left-join a side table's typed columns onto the rows by ``join.key``; its bad lines are rejected
-    like the main file's. Rows whose key is absent from the side table keep nulls (missing)."""
+    """A side table's typed rows, one per key (the first where a key repeats); its bad lines are appended to
+    ``rejected`` like the main file's."""
     parts, lines = [], 0
     for typed, bad, counts in read_table([Path(join.path)], join.columns, join.separator, join.header,
                                          join.encoding, False, block_bytes):
@@ -426,15 +426,24 @@ def join_side_table(rows: pl.DataFrame, join: JoinSpec, block_bytes: int, reject
     side = pl.concat(parts)
     duplicated = side.height - side[join.key].n_unique()
     side = side.unique(join.key, keep="first", maintain_order=True)
+    return side, {"lines": lines, "rows_ok": side.height, "duplicate_keys": duplicated}
+
+
+def join_side_table(rows: pl.DataFrame, join: JoinSpec, block_bytes: int, rejected: list[pl.DataFrame],
+                    ) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Left-join a side table's typed columns onto the rows by ``join.key``. Rows whose key is absent from the
+    side table keep nulls (missing)."""
+    side, stats = read_side_table(join, block_bytes, rejected)
     out = rows.join(side, on=join.key, how="left", maintain_order="left")
     unmatched = out.height - rows.join(side.select(join.key), on=join.key, how="semi").height
-    return out, {"lines": lines, "rows_ok": side.height, "duplicate_keys": duplicated, "unmatched_rows": unmatched}
+    return out, stats | {"unmatched_rows": unmatched}
 
 
 # --------------------------------------------------------------------------------------------------- run
 class ParquetStream:
     """Appends tables to one Parquet file from a background thread, so that writing one block overlaps
-    parsing the next (pyarrow's writer releases the GIL); one write at most is in flight.
+    parsing the next (pyarrow's writer releases the GIL); one write at most is in flight. ingest writes
+    rows.parquet with it, and ``tasks.score`` its scores.
 
     LZ4 and no column statistics: rows.parquet is an intermediate that encode reads whole, column by
     column, and the two cut the writer's time per block by about 30 % (bench/ingest_encode.py's log).

@@ -34,7 +34,7 @@ def encode_all(params) -> None:
 
 def assert_codes_match_encode(params) -> None:
     """score's coding of the interim rows equals, split by split, what encode wrote."""
-    codes = score.encode_rows(pl.read_parquet(ROWS), read_json(FEATURE_MAP), pl.read_parquet(VOCAB))
+    codes = score.encode_rows(pl.read_parquet(ROWS), read_json(FEATURE_MAP), score.read_vocabularies(VOCAB))
     split = encode.assign_splits(codes.num_rows, params)
     ours = pl.from_arrow(codes)
     for split_id, name in enumerate(SPLITS):
@@ -65,20 +65,24 @@ def trained(workdir: Path):
 
 def test_scores_reproduce_the_stage_and_keep_bad_lines(trained, capsys: pytest.CaptureFixture[str]) -> None:
     lines = LOG.read_text().splitlines()
-    log = Path("to_score.tsv")  # the log, then a line with a label outside the mapping and one with a column short
-    log.write_text("\n".join([*lines, "7\t" + lines[0].split("\t", 1)[1], lines[1].rsplit("\t", 1)[0]]) + "\n")
-    summary = score.run(trained, [log], MODEL, Path("out/scores.parquet"))
-    assert read_json(Path("metrics/ingest.json"))["rows_ok"] == summary["rows_scored"] == len(lines)
+    n = len(lines)
+    # The log twice (1.6 MB: two blocks of 1 MB), then a line with a label outside the mapping and one a column short.
+    log = Path("to_score.tsv")
+    log.write_text("\n".join([*lines, *lines, "7\t" + lines[0].split("\t", 1)[1], lines[1].rsplit("\t", 1)[0]]) + "\n")
+    params = trained.model_copy(update={"ingest": trained.ingest.model_copy(update={"block_mb": 1})})
+    summary = score.run(params, [log], MODEL, Path("out/scores.parquet"))
+    assert read_json(Path("metrics/ingest.json"))["rows_ok"] * 2 == summary["rows_scored"] == 2 * n
     assert summary["rejected_by_reason"] == {"label outside mapping": 1, "wrong column count": 1}
     rejected = pl.read_parquet("out/scores.rejected.parquet")
-    assert rejected["line"].to_list() == [len(lines) + 1, len(lines) + 2] and set(rejected["file"]) == {str(log)}
+    assert rejected["line"].to_list() == [2 * n + 1, 2 * n + 2] and set(rejected["file"]) == {str(log)}
     scores = pl.read_parquet("out/scores.parquet")
-    assert scores["line"].to_list() == list(range(1, len(lines) + 1))
+    assert scores["line"].to_list() == list(range(1, 2 * n + 1))
+    probability = scores["probability"].to_numpy()
+    np.testing.assert_allclose(probability[:n], probability[n:], rtol=0, atol=1e-6)  # blocks cut elsewhere
     # The test split's rows, in log order, get the probabilities the stage gave them.
-    split = encode.assign_splits(scores.height, trained)
-    np.testing.assert_allclose(scores["probability"].to_numpy()[split == 2], np.load("reports/predictions/fm.npy"),
-                               rtol=0, atol=1e-6)
-    assert scores["label"].to_list() == pl.read_parquet(ROWS)["label"].to_list()
+    split = encode.assign_splits(n, trained)
+    np.testing.assert_allclose(probability[:n][split == 2], np.load("reports/predictions/fm.npy"), rtol=0, atol=1e-6)
+    assert scores["label"].to_list()[:n] == pl.read_parquet(ROWS)["label"].to_list()
     assert json.loads(Path("out/scores.json").read_text())["auc"] == summary["auc"] > 0.5
     printed = capsys.readouterr().out
     assert f"{summary['rows_scored']:,} rows scored" in printed and "AUC" in printed
