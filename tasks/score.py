@@ -34,7 +34,7 @@ from tasks.common import FEATURE_MAP, LABEL, REPORTS, VOCAB, StageError, progres
 from tasks.config import ConfigError, Params, load_params
 from tasks.encode import Field, apply_vocabulary
 from tasks.ingest import REJECTED_SCHEMA, ParquetStream, read_side_table, read_table
-from tasks.training import MODELS_DIR, load_model
+from tasks.training import MODELS_DIR, load_fields, load_model
 
 DEFAULT_OUT = REPORTS / "score" / "scores.parquet"
 
@@ -73,6 +73,12 @@ def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabell
     labelled = not unlabelled and any(c.kind == "label" for c in spec.columns.values())
     columns = {k: c for k, c in spec.columns.items() if labelled or c.kind != "label"}
     model, fields = load_model(model_path)
+    encoded = load_fields(feature_map)
+    if fields != encoded:  # codes from another vocabulary would index other rows of the model's tables
+        diff = next((f"field {a.name!r}: {a} in the model, {b} there" for a, b in zip(fields, encoded, strict=False)
+                     if a != b), f"{len(fields)} fields in the model, {len(encoded)} there")
+        raise StageError(f"{model_path} was trained on other encoded data than {FEATURE_MAP} ({diff}): score with a "
+                         f"model of the last `dvc repro`, or run it again")
     vocabularies = read_vocabularies()
     block_bytes = params.ingest.block_mb << 20
     rejected: list[pl.DataFrame] = []

@@ -108,6 +108,13 @@ def test_errors_name_what_is_wrong(trained) -> None:
     other = project_params("criteo")
     with pytest.raises(StageError, match=r"encoded from dataset 'synthetic'.*dataset 'criteo'"):
         score.run(other, [LOG], MODEL, Path("o.parquet"))
+    feature_map = read_json(FEATURE_MAP)
+    feature_map["fields"][3]["vocab_size"] += 1  # as if encode had run again on other data after the training
+    FEATURE_MAP.write_text(json.dumps(feature_map))
+    with pytest.raises(StageError, match=r"trained on other encoded data .*field 'I4'"):
+        score.run(trained, [LOG], MODEL, Path("o.parquet"))
+    feature_map["fields"][3]["vocab_size"] -= 1
+    FEATURE_MAP.write_text(json.dumps(feature_map))
     junk = Path("junk.tsv")
     junk.write_text("a\tb\n")
     with pytest.raises(StageError, match=r"no usable rows .*wrong column count"):
