@@ -8,6 +8,8 @@ import torch
 
 from aim.data import CTRData, FieldSpec, concat, from_arrow
 from aim.layers import FieldEmbedding, Interaction, NumericEmbedding, combination_index, masked_mean, pair_index
+from aim.layers import interaction as interaction_module
+from aim.layers import native as native_module
 from aim.layers.embedding import lookup
 from aim.models.fm import fm_pairwise
 from tests.conftest import take_kernel_path
@@ -138,6 +140,51 @@ def test_interaction_gradients_match_autograd_of_the_definition(function: str) -
     kernel = layer.kernel.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda e, k: torch.func.functional_call(layer, {"kernel": k}, (e,)),
                                     (embedded, kernel))
+
+
+@pytest.mark.parametrize("path", ["torch", "native"])
+def test_every_pair_vector_kernel_in_float32_matches_the_definition(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search's every-pair vector kernel, float32 on CPU: the C++ kernel (csrc/vector_pairs.cpp) and the torch
+    loop it replaces, outputs and both gradients against float64 autograd of the definition."""
+    take_kernel_path(path, monkeypatch, interaction_module, "vector_pairs_kernel")
+    torch.manual_seed(0)
+    n, d = 9, 5
+    layer = Interaction(pair_index(n), "vector_kernel", d)
+    with torch.no_grad():
+        layer.kernel.normal_()
+    embedded = torch.randn(70, n, d, requires_grad=True)  # 70 rows: groups of one and two rows in the backward
+    grad = torch.randn(70, n * (n - 1) // 2)
+    scores = layer(embedded)
+    scores.backward(grad)
+    e64, k64 = embedded.detach().double().requires_grad_(), layer.kernel.detach().double().requires_grad_()
+    index = pair_index(n)
+    expected = (e64[:, index[:, 0]] * e64[:, index[:, 1]] * k64).sum(-1)
+    expected.backward(grad.double())
+    torch.testing.assert_close(scores.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(embedded.grad.double(), e64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.kernel.grad.double(), k64.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_every_pair_vector_kernel_gives_the_same_bits_on_one_thread_or_two() -> None:
+    if native_module.vector_pairs_kernel() is None:
+        pytest.skip("the native kernel did not build here (no C++ compiler, or AIM_NATIVE=0)")
+    torch.manual_seed(1)
+    layer = Interaction(pair_index(12), "vector_kernel", 10)
+    embedded = torch.randn(1500, 12, 10)  # 1,500 rows: 64 groups of 23 or 24 for the kernel's gradient
+    grad = torch.randn(1500, 66)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            e = embedded.clone().requires_grad_()
+            layer.zero_grad()
+            layer(e).backward(grad)
+            results.append((layer(e).detach(), e.grad, layer.kernel.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
 
 
 def test_pair_index_is_every_pair_once() -> None:

@@ -1,7 +1,7 @@
 """Native CPU kernels, built on first use: the AFM / IFM pair term (``csrc/attentive_pair_sum.cpp``), an MLP
 hidden layer's batch norm, ReLU and dropout, and dropout alone (``csrc/batch_norm_relu_dropout.cpp``), an
-embedding lookup's backward (``csrc/index_add_rows.cpp``) and AutoInt's attention over a row's fields
-(``csrc/field_attention.cpp``).
+embedding lookup's backward (``csrc/index_add_rows.cpp``), AutoInt's attention over a row's fields
+(``csrc/field_attention.cpp``) and the order-2 search's vector kernel over every pair (``csrc/vector_pairs.cpp``).
 
 The torch version of the fused pair term (``attention._AttentivePairSum``) is about 25 small ops per chunk of
 rows; at Frappe's shapes it reached 2-3.5x DeepCTR-Torch's AFM, short of the model issue's 5x. The C++ kernel
@@ -10,9 +10,9 @@ second with the system's C++ compiler. It is compiled for the CPU it runs on (``
 is cached per source, compiler and CPU (the file name is a hash of the three) in ``$AIM_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/aim-ctr``, else ``~/.cache/aim-ctr``.
 
-Without a compiler, or when the build fails, ``pair_kernel()``, ``mlp_kernel()``, ``rows_kernel()`` and
-``attention_kernel()`` warn once and return None, and the layer keeps the torch path. ``AIM_NATIVE=0`` turns the
-kernels off (the torch path is then the reference the tests compare the kernels with).
+Without a compiler, or when the build fails, ``pair_kernel()``, ``mlp_kernel()``, ``rows_kernel()``,
+``attention_kernel()`` and ``vector_pairs_kernel()`` warn once and return None, and the layer keeps the torch path.
+``AIM_NATIVE=0`` turns the kernels off (the torch path is then the reference the tests compare the kernels with).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ SOURCE = Path(__file__).with_name("csrc") / "attentive_pair_sum.cpp"
 MLP_SOURCE = Path(__file__).with_name("csrc") / "batch_norm_relu_dropout.cpp"
 ROWS_SOURCE = Path(__file__).with_name("csrc") / "index_add_rows.cpp"
 ATTENTION_SOURCE = Path(__file__).with_name("csrc") / "field_attention.cpp"
+VECTOR_PAIRS_SOURCE = Path(__file__).with_name("csrc") / "vector_pairs.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 
 _P, _INT, _I64, _U32, _U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint64
@@ -71,6 +72,11 @@ ATTENTION_SIGNATURES = {
     #  dweight, slots)
     **{f"aim_field_attention_backward_{t}": [_P] * 5 + [_I64] * 5 + [_BOOL, _BOOL, _F32, _INT, _P, _P, _P]
        for t in FLOAT_SUFFIX.values()},
+}
+VECTOR_PAIRS_SIGNATURES = {
+    "aim_vector_pairs_forward": [_P, _P, _I64, _I64, _I64, _INT, _P],  # (e, kernel, batch, n, d, threads, out)
+    # (e, kernel, grad, batch, n, d, threads, grad_e, grad_kernel, slots)
+    "aim_vector_pairs_backward": [_P, _P, _P, _I64, _I64, _I64, _INT, _P, _P, _P],
 }
 ROWS_SIGNATURES = {f"aim_index_add_rows_{suffix}": [_P, _P, _I64, _I64, _P] for suffix in ("i64", "i32")}
 
@@ -171,4 +177,14 @@ def attention_kernel() -> ctypes.CDLL | None:
     if lib is not None:  # sizes in floats: the softmax weights the forward keeps, the backward's scratch
         for function in (lib.aim_field_attention_buffer, lib.aim_field_attention_slots):
             function.argtypes, function.restype = [_I64, _I64, _I64], _I64
+    return lib
+
+
+@functools.cache
+def vector_pairs_kernel() -> ctypes.CDLL | None:
+    """The loaded kernel of the vector kernel over every pair of fields (an order-2 search), or None (as
+    ``pair_kernel``)."""
+    lib = _load(VECTOR_PAIRS_SOURCE, VECTOR_PAIRS_SIGNATURES, "the every-pair vector kernel", "torch ops")
+    if lib is not None:  # floats of scratch the backward needs for the kernel's gradient
+        lib.aim_vector_pairs_slots.argtypes, lib.aim_vector_pairs_slots.restype = [_I64, _I64, _I64], _I64
     return lib
