@@ -385,6 +385,11 @@ def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, head
             checksums[str(path)] = digest.hexdigest() if digest is not None else _sha256(path)
 
 
+def raw_bytes(paths: list[Path]) -> int | None:
+    """The raw bytes a progress bar over ``paths`` counts to; None where a file is gzip (its size is unknown)."""
+    return None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths if p.exists())
+
+
 def sample_negatives(rows: pl.DataFrame, spec: DatasetSpec, seed: int) -> pl.DataFrame:
     """Implicit feedback -> CTR rows: each logged row is a positive, plus ``negatives`` rows that keep the
     user and context but swap in an item this user never used (uniform over items; the AFM/NFM recipe)."""
@@ -498,7 +503,7 @@ def run(params: Params) -> dict[str, Any]:
     kept: list[pl.DataFrame] = []  # only when joins / sampling need the whole table
     writer = ParquetStream(ROWS)
     # Progress in raw bytes (a gzip file's are uncompressed, so its total is unknown).
-    total = None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths if p.exists())
+    total = raw_bytes(paths)
     progress = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=not progress_enabled())
     checksums: dict[str, str] = {}
     for rows, bad, counts in read_table(paths, spec.columns, spec.sep, spec.header, spec.encoding,

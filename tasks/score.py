@@ -18,7 +18,6 @@ score are not the pipeline's inputs.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,20 @@ from tqdm import tqdm
 
 from aim.data import from_arrow
 from aim.train import metrics, predict
-from tasks.common import FEATURE_MAP, LABEL, REPORTS, VOCAB, StageError, progress_enabled, read_json, write_json
-from tasks.config import ConfigError, Params, load_params
+from tasks.common import (
+    FEATURE_MAP,
+    LABEL,
+    REPORTS,
+    VOCAB,
+    StageError,
+    progress_enabled,
+    read_json,
+    stage_main,
+    write_json,
+)
+from tasks.config import Params
 from tasks.encode import Field, apply_vocabulary
-from tasks.ingest import REJECTED_SCHEMA, ParquetStream, read_side_table, read_table
+from tasks.ingest import REJECTED_SCHEMA, ParquetStream, raw_bytes, read_side_table, read_table
 from tasks.training import MODELS_DIR, load_fields, load_model
 
 DEFAULT_OUT = REPORTS / "score" / "scores.parquet"
@@ -72,7 +81,10 @@ def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabell
     spec = params.spec
     labelled = not unlabelled and any(c.kind == "label" for c in spec.columns.values())
     columns = {k: c for k, c in spec.columns.items() if labelled or c.kind != "label"}
-    model, fields = load_model(model_path)
+    try:
+        model, fields = load_model(model_path)
+    except ValueError as err:  # an older file, or a model of fields these data lack: the message says which
+        raise StageError(str(err)) from None
     encoded = load_fields(feature_map)
     if fields != encoded:  # codes from another vocabulary would index other rows of the model's tables
         diff = next((f"field {a.name!r}: {a} in the model, {b} there" for a, b in zip(fields, encoded, strict=False)
@@ -86,8 +98,7 @@ def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabell
     labels, probabilities = [], []
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = ParquetStream(out)
-    total = None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths if p.exists())
-    progress = tqdm(total=total, unit="B", unit_scale=True, desc="score", disable=not progress_enabled())
+    progress = tqdm(total=raw_bytes(paths), unit="B", unit_scale=True, desc="score", disable=not progress_enabled())
     try:
         for path in paths:  # one file at a time, so each row knows its file
             for rows, bad, counts in read_table([path], columns, spec.sep, spec.header, spec.encoding,
@@ -142,11 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the scores' Parquet file (default: %(default)s)")
     parser.add_argument("--unlabelled", action="store_true", help="the logs have no label column")
     args = parser.parse_args(argv)
-    try:
-        run(load_params(), args.logs, args.model, args.out, args.unlabelled)
-    except (ConfigError, StageError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    stage_main(lambda params: run(params, args.logs, args.model, args.out, args.unlabelled), checked=True)
 
 
 if __name__ == "__main__":

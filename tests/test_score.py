@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tasks import baselines, encode, generate, ingest, score
+from tasks import baselines, common, encode, generate, ingest, score
 from tasks.common import FEATURE_MAP, ROWS, SPLITS, VOCAB, StageError, read_json, split_path
 from tasks.config import Params, parse_params
 from tests.conftest import ROOT, needs_shared, project_params
@@ -122,7 +122,7 @@ def test_errors_name_what_is_wrong(trained) -> None:
 
 
 def test_command_line(trained, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(score, "load_params", lambda: trained)  # no params.yaml in this directory
+    monkeypatch.setattr(common, "load_params", lambda: trained)  # no params.yaml here; stage_main reads it
     score.main([str(LOG), "--model", str(MODEL)])
     assert pl.read_parquet(score.DEFAULT_OUT).height > 0 and "rows scored" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
