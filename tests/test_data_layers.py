@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from aim.data import CTRData, FieldSpec, concat, from_arrow
-from aim.layers import FieldEmbedding, Interaction, NumericEmbedding, combination_index, masked_mean, pair_index
+from aim.layers import FieldEmbedding, Interaction, NumericEmbedding, bag_mean, combination_index, pair_index
 from aim.layers import interaction as interaction_module
 from aim.layers import native as native_module
 from aim.layers.embedding import lookup
@@ -86,7 +86,30 @@ def test_multi_hot_pooling_ignores_padding_and_empty_rows_give_zero() -> None:
     torch.testing.assert_close(out[2, 1], rows[[5, 6, 7]].mean(0))
     assert torch.equal(out[1, 1], torch.zeros(4))  # all padding: a zero vector, not NaN
     torch.testing.assert_close(out[3, 2], layer.weight[6 + 9 + 1])  # b's code 1 in b's own rows
-    assert torch.equal(masked_mean(torch.ones(1, 2, 3), torch.zeros(1, 2, dtype=torch.bool)), torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("padding", [0, 5])  # FieldEmbedding's fields after the first pad with their own row 0
+def test_bag_mean_is_the_masked_mean_and_its_gradient_that_of_the_masked_sum(padding: int) -> None:
+    """bag_mean (embedding_bag forward, its own backward) against the definition: gather every code, zero the
+    padding, sum over the codes, divide by their number. Padding anywhere in a row; rows of padding only."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(40, 6, generator=gen, requires_grad=True)
+    codes = torch.randint(0, 40, (500, 7), generator=gen)
+    codes[torch.rand(500, 7, generator=gen) < 0.4] = padding
+    codes[:3] = padding
+    codes = codes.to(torch.int32)
+    mask = (codes != padding).unsqueeze(-1).float()
+    reference = (lookup(weight, codes) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    pooled = bag_mean(weight, codes, padding)
+    torch.testing.assert_close(pooled, reference, rtol=1e-6, atol=1e-7)
+    assert torch.equal(pooled[:3], torch.zeros(3, 6))  # nothing to pool: zeros, not NaN
+    upstream = torch.randn(500, 6, generator=gen)
+    ours = torch.autograd.grad((pooled * upstream).sum(), weight)[0]
+    theirs = torch.autograd.grad((reference * upstream).sum(), weight)[0]
+    assert torch.equal(ours, theirs)  # the same products, added to each row in the same order
+    assert torch.equal(ours[padding], torch.zeros(6))  # the padding row takes no gradient
+    with pytest.raises(ValueError, match="codes must be"):
+        bag_mean(weight, codes[0])
 
 
 def test_numeric_embedding_scales_one_vector_per_field() -> None:

@@ -7,8 +7,8 @@ from aim.layers.embedding import (
     FieldLinear,
     NumericEmbedding,
     PrunedFieldEmbedding,
+    bag_mean,
     last_dim_mean,
-    masked_mean,
 )
 from aim.layers.gate import gated_batch_norm
 from aim.layers.interaction import (
@@ -43,8 +43,8 @@ __all__ = [
     "elementwise_products",
     "gather_fields",
     "gated_batch_norm",
+    "bag_mean",
     "last_dim_mean",
-    "masked_mean",
     "masked_softmax",
     "pair_index",
 ]
