@@ -103,6 +103,8 @@ def test_bag_mean_is_the_masked_mean_and_its_gradient_that_of_the_masked_sum(pad
     pooled = bag_mean(weight, codes, padding)
     torch.testing.assert_close(pooled, reference, rtol=1e-6, atol=1e-7)
     assert torch.equal(pooled[:3], torch.zeros(3, 6))  # nothing to pool: zeros, not NaN
+    with torch.no_grad():  # without a graph, the bag alone: the same numbers
+        assert torch.equal(bag_mean(weight, codes, padding), pooled)
     upstream = torch.randn(500, 6, generator=gen)
     ours = torch.autograd.grad((pooled * upstream).sum(), weight)[0]
     theirs = torch.autograd.grad((reference * upstream).sum(), weight)[0]

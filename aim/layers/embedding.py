@@ -45,7 +45,7 @@ def _add_rows(grad: Tensor, index: Tensor, rows: int) -> Tensor:
     grad_weight = grad.new_zeros(rows, width)
     index, grad = index.reshape(-1), grad.reshape(-1, width)
     lib = rows_kernel() if grad.dtype == torch.float32 and index.dtype in (torch.int32, torch.int64) else None
-    if lib is None or grad.device.type != "cpu":
+    if lib is None:
         return grad_weight.index_add_(0, index, grad)
     # The same sums in the same order as index_add_ (bit-identical), without its per-index dispatch.
     grad, index = grad.contiguous(), index.contiguous()
@@ -67,12 +67,10 @@ class _BagMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, codes: Tensor, weight: Tensor, padding: int) -> Tensor:
-        mask = codes != padding
-        count = mask.sum(1, keepdim=True).clamp_(min=1).to(weight.dtype)
-        total = F.embedding_bag(codes, weight, mode="sum", per_sample_weights=mask.to(weight.dtype))
+        mean, mask, count = _weighted_bag_mean(codes, weight, padding)
         ctx.save_for_backward(codes, mask, count)
         ctx.rows = weight.shape[0]
-        return total / count
+        return mean
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
@@ -117,12 +115,23 @@ def lookup(weight: Tensor, index: Tensor) -> Tensor:
     return F.embedding(index, weight)
 
 
+def _weighted_bag_mean(codes: Tensor, weight: Tensor, padding: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The mean, the mask of real codes [B, L] and their count [B, 1] (at least 1, so that no row divides by 0)."""
+    mask = codes != padding
+    count = mask.sum(1, keepdim=True).clamp_(min=1).to(weight.dtype)
+    total = F.embedding_bag(codes, weight, mode="sum", per_sample_weights=mask.to(weight.dtype))
+    return total / count, mask, count
+
+
 def bag_mean(weight: Tensor, codes: Tensor, padding: int = PADDING) -> Tensor:
     """[B, dim]: per row of ``codes`` [B, L], the mean of the rows ``weight[code]`` over its codes other than
-    ``padding``; a row with none gives zeros, not NaN."""
+    ``padding``; a row with none gives zeros, not NaN. On CPU its backward is ``_BagMean``'s; elsewhere it is
+    ``embedding_bag``'s own (as ``lookup`` leaves ``F.embedding``'s to a GPU, where ``index_add_`` uses atomics)."""
     if codes.dim() != 2:
         raise ValueError(f"codes must be [batch, length], got shape {tuple(codes.shape)}")
-    return _BagMean.apply(codes, weight, padding)
+    if weight.device.type == "cpu" and weight.requires_grad and torch.is_grad_enabled():
+        return _BagMean.apply(codes, weight, padding)
+    return _weighted_bag_mean(codes, weight, padding)[0]
 
 
 class FieldEmbedding(nn.Module):
