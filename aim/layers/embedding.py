@@ -75,7 +75,7 @@ class _BagMean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
         codes, mask, count = ctx.saved_tensors
-        # masked_mean's gradient: grad / count to every real code of the row, zero to the padding
+        # the masked mean's gradient: grad / count to every real code of the row, zero to the padding
         per_code = (grad / count).unsqueeze(1) * mask.unsqueeze(-1).to(grad.dtype)  # [B, L, dim]
         return None, _add_rows(per_code, codes, ctx.rows), None
 
@@ -147,7 +147,9 @@ class FieldEmbedding(nn.Module):
         nn.init.normal_(self.weight, std=init_std)
         is_multi = torch.tensor([f.multi_valued for f in self.fields])
         self.register_buffer("single_offsets", offsets[~is_multi].to(torch.int32), persistent=False)
-        self.register_buffer("multi_offsets", offsets[is_multi].to(torch.int32), persistent=False)
+        # Python ints: each is also its field's padding row for bag_mean, and a tensor element would be read back
+        # with .item() on every batch (a device sync on a GPU).
+        self.multi_offsets = [int(o) for o in offsets[is_multi]]
         # The layer computes singles first, then multis; put them back in field order only if they differ.
         order = torch.cat([torch.nonzero(~is_multi).flatten(), torch.nonzero(is_multi).flatten()])
         inverse = torch.argsort(order)
@@ -156,9 +158,8 @@ class FieldEmbedding(nn.Module):
 
     def forward(self, batch: CTRData) -> Tensor:
         parts = [lookup(self.weight, batch.single + self.single_offsets)]
-        for j, codes in enumerate(batch.multi):  # the field's padding code is its own row 0: weight[offset]
-            offset = self.multi_offsets[j]
-            parts.append(bag_mean(self.weight, codes + offset, int(offset)).unsqueeze(1))
+        for offset, codes in zip(self.multi_offsets, batch.multi, strict=True):  # padding, code 0, is weight[offset]
+            parts.append(bag_mean(self.weight, codes + offset, offset).unsqueeze(1))
         embedded = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         if self.field_order is not None:
             embedded = embedded.index_select(1, self.field_order)
@@ -211,8 +212,9 @@ class PrunedFieldEmbedding(nn.Module):
     ``full`` is the reference that the tests check those scores against, and what a user of the layer with
     functions of their own can take.
 
-    Both come from one gather of rows ``weight[row_base_f + code * d_f + slot]``; multi-valued fields mean-pool
-    their codes as in ``FieldEmbedding``.
+    With a graph, the single-valued fields' numbers come from one gather of rows ``weight[row_base_f + code * d_f +
+    slot]`` (one backward); without one, each field's code is one block of its [vocab, d_f * T] view. Multi-valued
+    fields mean-pool their codes' blocks with ``bag_mean``, as in ``FieldEmbedding``.
     """
 
     def __init__(self, fields: Sequence[FieldSpec], dim: int, kept: Sequence[Sequence[int]],
