@@ -26,9 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tasks.config import ConfigError, parse_params
+from tasks.config import ConfigError, parse_params, read_yaml
 from tasks.tracking import wandb_runs_dir
 
 PARAMS = Path("params.yaml")
@@ -74,7 +72,7 @@ def check_grid(overrides: list[str]) -> list[list[str]]:
     from hydra.errors import HydraException
 
     overrides = [_split_file(o) for o in overrides]
-    raw = yaml.safe_load(PARAMS.read_text()) or {}
+    raw = read_yaml(PARAMS.read_text()) or {}
     try:
         for o in to_hydra_overrides(overrides):
             if not (o.is_add() or o.is_force_add()):  # '+key=' adds a key on purpose; others must exist
@@ -85,7 +83,7 @@ def check_grid(overrides: list[str]) -> list[list[str]]:
                 trial = Path(tmp) / PARAMS.name
                 shutil.copy(PARAMS, trial)
                 apply_overrides(trial, point)
-                parse_params(yaml.safe_load(trial.read_text()), PARAMS)
+                parse_params(read_yaml(trial.read_text()), PARAMS)
     except (HydraException, DvcException) as err:
         cause = f" ({err.__cause__})" if err.__cause__ else ""
         raise CompareError(f"-S {' '.join(overrides)}: {err}{cause}") from None

@@ -24,6 +24,25 @@ class ConfigError(ValueError):
     """A params file that cannot be used; the message names the file and the key."""
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-5`` as a float as YAML 1.2 (and DVC's ruamel) do: YAML 1.1 wants a dot
+    and a signed exponent (``1.0e-5``), so ``1e-5`` was the string "1e-5". ``dvc exp run -S key=0.00001`` writes
+    ``1e-05``, and a model's hyper-parameters (free-form, passed to its constructor) then failed mid-training with
+    "can't multiply sequence by non-int of type 'float'"."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),  # with an exponent, dot or not
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """A YAML document as Python data, with YAML 1.2's floats (``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -454,7 +473,7 @@ def load_params(path: Path | str = PARAMS_FILE, overrides: dict[str, Any] | None
     if not path.exists():
         raise ConfigError(f"{path}: params file not found (run from the project root)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     for dotted, value in (overrides or {}).items():

@@ -5,16 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from tasks import baselines, encode, generate, ingest
-from tasks.config import ConfigError, parse_params
+from tasks.config import ConfigError, parse_params, read_yaml
 from tasks.training import Checkpoint, load_encoded, load_model
 from tests.conftest import ROOT
 
 
 def params_with(**baseline_models):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_yaml((ROOT / "params.yaml").read_text())
     raw["generate"].update(rows=3000, out_dir="data/raw/synthetic")
     raw["train"].update(epochs=3, batch_size=512)
     raw["baselines"]["models"] = baseline_models

@@ -133,3 +133,20 @@ def test_a_stage_refuses_arguments_instead_of_running(tmp_path: Path, argv: list
     assert done.returncode == code
     assert "usage: python -m tasks.generate" in done.stdout + done.stderr
     assert list(tmp_path.iterdir()) == []  # nothing generated
+
+
+def test_exponent_floats_are_floats_as_dvc_writes_them(tmp_path: Path) -> None:
+    """`dvc exp run -S key=0.00001` writes 1e-05, which YAML 1.1 (PyYAML's default) reads as a string: a model's
+    free-form hyper-parameter then reached the model as "1e-05" and failed mid-training."""
+    from dvc.utils.hydra import apply_overrides
+
+    from tasks.config import read_yaml
+
+    assert read_yaml("a: 1e-5\nb: -2E+3\nc: 1.0e-5\nd: '1e-5'\ne: 12e\nf: 2024") == {
+        "a": 1e-5, "b": -2000.0, "c": 1e-5, "d": "1e-5", "e": "12e", "f": 2024}
+    raw = {**MINIMAL, "baselines": {"models": {"fm": {"embedding_l2": 0.001}}}}
+    path = write(tmp_path, raw)
+    apply_overrides(path, ["baselines.models.fm.embedding_l2=0.00001"])
+    assert "1e-05" in path.read_text()  # what DVC's writer gives, so the case is real
+    value = load_params(path).baselines.hyperparameters("fm")["embedding_l2"]
+    assert isinstance(value, float) and value == 1e-5

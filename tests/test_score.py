@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import yaml
 
 from tasks import baselines, common, encode, generate, ingest, score
 from tasks.common import FEATURE_MAP, ROWS, SPLITS, VOCAB, StageError, read_json, split_path
-from tasks.config import Params, parse_params
+from tasks.config import Params, parse_params, read_yaml
 from tests.conftest import ROOT, needs_shared, project_params
 
 MODEL = Path("models/baselines/fm.pt")
@@ -20,7 +19,7 @@ LOG = Path("data/raw/synthetic/clicks.tsv")
 
 def synthetic(**sections) -> Params:
     """The project's params on a 3,000-row synthetic log, written where the test runs."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_yaml((ROOT / "params.yaml").read_text())
     raw["generate"].update(rows=3000)
     raw["train"].update(epochs=2)
     raw.update(sections)

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from aim.data import CTRData
 from aim.models import build_model
 from aim.train import TrainConfig, Trainer, evaluate, fit
 from tasks import encode, generate, ingest
-from tasks.config import parse_params
+from tasks.config import parse_params, read_yaml
 from tasks.training import load_encoded
 from tests.conftest import ROOT, needs_shared, project_params
 
@@ -32,7 +31,7 @@ def encoded_in(params) -> tuple[list, dict[str, CTRData]]:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, dict[str, CTRData]]:
     """A small synthetic log (2 numeric + 6 categorical fields, 3 planted pairs), ingested and encoded."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_yaml((ROOT / "params.yaml").read_text())
     raw["generate"] = PLANTED
     columns = raw["datasets"]["synthetic"]["columns"]
     raw["datasets"]["synthetic"]["columns"] = {"label": columns["label"], "I{1..2}": columns["I{1..13}"],
