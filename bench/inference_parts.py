@@ -5,9 +5,11 @@
 Run it in a pipeline directory after ``dvc repro`` (``make run``, or a clone that ``python -m bench.aim_accuracy
 --keep`` left): it loads models/aim.pt and models/baselines/deepfm.pt with ``tasks.training.load_model``, as
 ``tasks.score`` does, and the test split from data/encoded. The whole test split is one batch. Each figure is the
-best of --repeats calls after a warm-up, in ms: ``predict`` for both models (twice, in turn), then each part of a
-forward pass alone: the retrain's tables (``embed_tables``: its pruned function-wise tables and the mean the MLP
-reads), each interaction layer, the gated batch norm, the first-order term and the MLP; DeepFM's embedding,
+best of --repeats calls after a warm-up, in ms: ``predict`` for both models (twice, in turn; the retrain both
+folded, as ``predict`` runs it, and with ``fold_inference`` off, through its layers), the retrain's folded forward
+without its MLP and the build of its folded tables (``FoldedAIM``, once per change of the weights), then each part
+of a layered forward pass alone: the retrain's tables (``embed_tables``: its pruned function-wise tables and the
+mean the MLP reads), each interaction layer, the gated batch norm, the first-order term and the MLP; DeepFM's embedding,
 first-order term, FM term and MLP. The parts of one model need not add up to its forward: the rest is the sums
 between them.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 
 from aim.layers import gated_batch_norm
+from aim.models.aim import FoldedAIM
 from aim.models.fm import fm_pairwise
 from aim.train import predict
 from bench.train_throughput import log, machine_info
@@ -53,14 +56,31 @@ def main() -> None:
     batch = test.slice(0, len(test))
     result: dict = {"benchmark": "inference parts, retrained AIM and DeepFM", "rows": len(test),
                     "machine": machine_info(), "predict_ms": []}
-    for _ in range(2):  # in turn, twice: both see the same state of the machine
+    def layered(fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            aim.fold_inference = False
+            try:
+                return fn()
+            finally:
+                aim.fold_inference = True
+        return run
+
+    for _ in range(2):  # in turn, twice: all see the same state of the machine
         result["predict_ms"].append({"aim": best_ms(lambda: predict(aim, test), args.repeats),
+                                     "aim_layered": best_ms(layered(lambda: predict(aim, test)), args.repeats),
                                      "deepfm": best_ms(lambda: predict(deepfm, test), args.repeats)})
-        log(f"predict: AIM {result['predict_ms'][-1]['aim']} ms, DeepFM {result['predict_ms'][-1]['deepfm']} ms")
+        log("predict: " + ", ".join(f"{k} {v} ms" for k, v in result["predict_ms"][-1].items()))
+
+    folded = FoldedAIM(aim)
+    mlp, folded.mlp = folded.mlp, None
+    result["folded_ms"] = {"build": best_ms(lambda: FoldedAIM(aim), args.repeats),
+                           "forward_without_mlp": best_ms(lambda: folded.logits(batch), args.repeats)}
+    folded.mlp = mlp
+    log("folded: " + ", ".join(f"{k} {v} ms" for k, v in result["folded_ms"].items()))
 
     full, compact = aim.embed_tables(batch)
     parts = aim.interaction_parts(full)
-    aim_parts = {"forward": best_ms(lambda: aim(batch), args.repeats),
+    aim_parts = {"forward": best_ms(layered(lambda: aim(batch)), args.repeats),
                  "embed_tables": best_ms(lambda: aim.embed_tables(batch), args.repeats)}
     for i, (layer, function) in enumerate(zip(aim.layers, aim.layer_functions, strict=True)):
         table = full[aim.table_of[function]]

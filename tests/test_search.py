@@ -248,6 +248,60 @@ def test_retrained_aim_scores_equal_the_zero_filled_vectors(order: int):
         torch.testing.assert_close(scores[:, 2], e[:, column[(0, 3)]] * e[:, column[(1, 3)]])
 
 
+@pytest.mark.parametrize("gates", ["attention", "none"])
+def test_folded_inference_gives_the_layered_logits_and_follows_the_weights(gates: str):
+    from aim.layers.native import folded_kernel
+
+    """In eval mode without a graph the retrained AIM reads its folded tables (FoldedAIM): the same logits as the
+    layers (orders 2 and 3, all four functions, a multi-valued field, a field that kept no dimension, trained batch
+    norm statistics and gates), rebuilt after the weights change."""
+    kept_dims = [[0, 2, 3], [1, 3], [0, 1, 2, 3], [2]]
+    sets = [(1, 2), (0, 2), (0, 1), (2, 3), (0, 1, 2), (1, 2, 3)]
+    chosen = [Interaction(f, fn, g) for fn, g in (("inner", 0.7), ("outer", -0.4), ("vector_kernel", 1.3),
+                                                 ("scalar_kernel", 0.2)) for f in sets]
+    kept_dims[3] = [] if gates == "none" else kept_dims[3]  # a field with no numbers: its interactions read zeros
+    torch.manual_seed(0)
+    net = build_model("aim", FIELDS, interactions=chosen, kept_dims=kept_dims, hidden_units=(8,), embedding_dim=4,
+                      gates=gates)
+    for p in net.parameters():  # away from the initial values (tiny embeddings, unit kernels), so a slip shows
+        torch.nn.init.normal_(p, std=0.5)
+    batch = _batch(64)
+    net.train()
+    net(batch)  # batch-norm running statistics of this batch (momentum 0.1 from 0 and 1)
+
+    def layered() -> torch.Tensor:
+        net.fold_inference = False
+        try:
+            return net(batch)
+        finally:
+            net.fold_inference = True
+
+    net.eval()
+    with torch.no_grad():
+        folded, reference = net(batch), layered()
+        assert net._fold is not None  # the folded path ran
+        torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-5)
+        assert folded.std() > 0.1  # the interactions and MLP move the logits: the comparison has something to see
+        first = net._fold[1]
+        # both ways of computing the folded logits: the native pass (when a compiler is here) and torch ops
+        assert (first.native is not None) == (folded_kernel() is not None)
+        torch.testing.assert_close(first.logits(batch, native=False), reference, rtol=1e-5, atol=1e-5)
+        assert net(batch) is not None and net._fold[1] is first  # unchanged weights: the same tables
+        vector = net.layer_functions.index("vector_kernel")
+        net.layers[vector].kernel.mul_(-2.0)  # an in-place change, as an optimizer step makes
+        changed = net(batch)
+        assert net._fold[1] is not first
+        torch.testing.assert_close(changed, layered(), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(changed, folded)
+    net.train()
+    with torch.no_grad():
+        net(batch)  # training mode keeps the layers (batch statistics)
+    assert torch.is_grad_enabled()
+    net.eval()
+    out = net(batch)  # a graph wanted: the layers, so that gradients reach every parameter
+    assert out.requires_grad
+
+
 def test_pruned_embedding_gradients_are_the_same_on_every_run():
     """Two backward passes of one batch give bit-identical gradients (CPU, several threads): the same config
     must give the same model. Indexing the flat table with ``weight[index]`` did not (index_put_ accumulates

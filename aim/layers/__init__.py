@@ -18,6 +18,7 @@ from aim.layers.interaction import (
     InteractionFunction,
     combination_index,
     elementwise_products,
+    gather_columns,
     gather_fields,
     pair_index,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "combination_index",
     "dropout_mask",
     "elementwise_products",
+    "gather_columns",
     "gather_fields",
     "gated_batch_norm",
     "last_dim_mean",

@@ -259,18 +259,18 @@ class CompactInteraction(Interaction):
         weights = compact.new_zeros(len(t), self.outputs).index_put((torch.arange(len(t), device=t.device), target),
                                                                      values.to(compact.dtype))
         if self.function == "outer":
-            projections = _columns(compact, t[:, 0]) @ weights  # [B, m * p], slot k * p + s
+            projections = gather_columns(compact, t[:, 0]) @ weights  # [B, m * p], slot k * p + s
             scores = projections[:, 0::p]
             for s in range(1, p):
                 scores = scores * projections[:, s::p]
             return scores
-        products = _columns(compact, t[:, 0])
+        products = gather_columns(compact, t[:, 0])
         for s in range(1, p):
-            products = products * _columns(compact, t[:, s])
+            products = products * gather_columns(compact, t[:, s])
         return products @ weights
 
 
-def _columns(x: Tensor, index: Tensor) -> Tensor:
+def gather_columns(x: Tensor, index: Tensor) -> Tensor:
     """``x[:, index]`` for a 2-d ``x``: a gather, which on CPU took half the time of ``index_select`` along dim 1
     (0.48 against 1.07 ms for 100 of 360 columns at 10,000 rows), and gives the same numbers both ways."""
     return torch.gather(x, 1, index.expand(x.shape[0], -1))

@@ -1,7 +1,8 @@
 """Native CPU kernels, built on first use: the AFM / IFM pair term (``csrc/attentive_pair_sum.cpp``), an MLP
 hidden layer's batch norm, ReLU and dropout, and dropout alone (``csrc/batch_norm_relu_dropout.cpp``), an
 embedding lookup's backward (``csrc/index_add_rows.cpp``), AutoInt's attention over a row's fields
-(``csrc/field_attention.cpp``) and the order-2 search's vector kernel over every pair (``csrc/vector_pairs.cpp``).
+(``csrc/field_attention.cpp``), the order-2 search's vector kernel over every pair (``csrc/vector_pairs.cpp``)
+and the retrained AIM's folded forward (``csrc/folded_logits.cpp``).
 
 The torch version of the fused pair term (``attention._AttentivePairSum``) is about 25 small ops per chunk of
 rows; at Frappe's shapes it reached 2-3.5x DeepCTR-Torch's AFM, short of the model issue's 5x. The C++ kernel
@@ -11,7 +12,8 @@ is cached per source, compiler and CPU (the file name is a hash of the three) in
 ``$XDG_CACHE_HOME/aim-ctr``, else ``~/.cache/aim-ctr``.
 
 Without a compiler, or when the build fails, ``pair_kernel()``, ``mlp_kernel()``, ``rows_kernel()``,
-``attention_kernel()`` and ``vector_pairs_kernel()`` warn once and return None, and the layer keeps the torch path.
+``attention_kernel()``, ``vector_pairs_kernel()`` and ``folded_kernel()`` warn once and return None, and the layer
+keeps the torch path.
 ``AIM_NATIVE=0`` turns the kernels off (the torch path is then the reference the tests compare the kernels with).
 """
 
@@ -35,6 +37,7 @@ MLP_SOURCE = Path(__file__).with_name("csrc") / "batch_norm_relu_dropout.cpp"
 ROWS_SOURCE = Path(__file__).with_name("csrc") / "index_add_rows.cpp"
 ATTENTION_SOURCE = Path(__file__).with_name("csrc") / "field_attention.cpp"
 VECTOR_PAIRS_SOURCE = Path(__file__).with_name("csrc") / "vector_pairs.cpp"
+FOLDED_SOURCE = Path(__file__).with_name("csrc") / "folded_logits.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 
 _P, _INT, _I64, _U32, _U64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint64
@@ -77,6 +80,11 @@ VECTOR_PAIRS_SIGNATURES = {
     "aim_vector_pairs_forward": [_P, _P, _I64, _I64, _I64, _INT, _P],  # (e, kernel, batch, n, d, threads, out)
     # (e, kernel, grad, batch, n, d, threads, grad_e, grad_kernel, slots)
     "aim_vector_pairs_backward": [_P, _P, _P, _I64, _I64, _I64, _INT, _P, _P, _P],
+}
+FOLDED_SIGNATURES = {
+    # (tables, table_start, width, mlp_size, mlp_column, codes, n_single, code_column, pooled, batch, fields,
+    #  mlp_width, orders, counts, groups, factor_field, factor_column, constant, threads, mlp_in, logits)
+    "aim_folded_logits": [_P] * 6 + [_I64, _P, _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _F32, _INT, _P, _P],
 }
 ROWS_SIGNATURES = {f"aim_index_add_rows_{suffix}": [_P, _P, _I64, _I64, _P] for suffix in ("i64", "i32")}
 
@@ -188,3 +196,9 @@ def vector_pairs_kernel() -> ctypes.CDLL | None:
     if lib is not None:  # floats of scratch the backward needs for the kernel's gradient
         lib.aim_vector_pairs_slots.argtypes, lib.aim_vector_pairs_slots.restype = [_I64, _I64, _I64], _I64
     return lib
+
+
+@functools.cache
+def folded_kernel() -> ctypes.CDLL | None:
+    """The loaded kernel of the retrained AIM's folded forward, or None (as ``pair_kernel``)."""
+    return _load(FOLDED_SOURCE, FOLDED_SIGNATURES, "the retrained AIM's folded forward", "torch ops")
