@@ -7,11 +7,11 @@ Run it in a pipeline directory after ``dvc repro`` (``make run``, or a clone tha
 ``tasks.score`` does, and the test split from data/encoded. The whole test split is one batch. Each figure is the
 best of --repeats calls after a warm-up, in ms: ``predict`` for both models (twice, in turn; the retrain both
 folded, as ``predict`` runs it, and with ``fold_inference`` off, through its layers), the retrain's folded forward
-without its MLP and the build of its folded tables (``FoldedAIM``, once per change of the weights), then each part
-of a layered forward pass alone: the retrain's tables (``embed_tables``: its pruned function-wise tables and the
-mean the MLP reads), each interaction layer, the gated batch norm, the first-order term and the MLP; DeepFM's embedding,
-first-order term, FM term and MLP. The parts of one model need not add up to its forward: the rest is the sums
-between them.
+without its MLP (the native pass, and torch ops) and the build of its folded tables (``FoldedAIM``, once per change
+of the weights), then each part of a layered forward pass alone: the retrain's tables (``embed_tables``: its pruned
+function-wise tables and the mean the MLP reads), each interaction layer, the gated batch norm, the first-order term
+and the MLP; DeepFM's embedding, first-order term, FM term and MLP. The parts of one model need not add up to its
+forward: the rest is the sums between them.
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def main() -> None:
     folded = FoldedAIM(aim)
     mlp, folded.mlp = folded.mlp, None
     result["folded_ms"] = {"build": best_ms(lambda: FoldedAIM(aim), args.repeats),
-                           "forward_without_mlp": best_ms(lambda: folded.logits(batch), args.repeats)}
+                           "forward_without_mlp": best_ms(lambda: folded.logits(batch), args.repeats),
+                           "forward_without_mlp_torch_ops": best_ms(lambda: folded.logits(batch, native=False),
+                                                                    args.repeats)}
     folded.mlp = mlp
     log("folded: " + ", ".join(f"{k} {v} ms" for k, v in result["folded_ms"].items()))
 
