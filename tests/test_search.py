@@ -293,6 +293,10 @@ def test_folded_inference_gives_the_layered_logits_and_follows_the_weights(gates
         assert net._fold[1] is not first
         torch.testing.assert_close(changed, layered(), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(changed, folded)
+        net.fold_memory_ratio = 0.1  # folded tables may not outgrow a tenth of the model's own: the layers score
+        torch.testing.assert_close(net(batch), layered(), rtol=0, atol=0)
+        assert net._fold[1] is None
+        net.fold_memory_ratio = 4.0
     net.train()
     with torch.no_grad():
         net(batch)  # training mode keeps the layers (batch statistics)

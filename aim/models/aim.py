@@ -139,8 +139,10 @@ class AIM(CTRModel):
         else:
             self.mlp = None
 
-        self.fold_inference = True  # eval mode without a graph: the folded tables (FoldedAIM), where they apply
-        self._fold: tuple[tuple[tuple[int, int], ...], FoldedAIM] | None = None
+        # Eval mode without a graph: the folded tables (FoldedAIM), where they apply and hold at most
+        # fold_memory_ratio times the numbers of the model's own embedding tables and first-order weights.
+        self.fold_inference, self.fold_memory_ratio = True, 4.0
+        self._fold: tuple[tuple, FoldedAIM | None] | None = None
 
     # -- what the search reads back ------------------------------------------------------------------------
     def searched_gates(self) -> list[Interaction]:
@@ -190,12 +192,17 @@ class AIM(CTRModel):
         return (isinstance(self.tables, PrunedFieldEmbedding) and self.head == "parallel" and not self.candidates
                 and self.dim_gates is None and self.linear is not None)
 
-    def _folded(self) -> FoldedAIM:
+    def _folded(self) -> FoldedAIM | None:
         """The folded tables of the current weights, built again whenever a parameter or buffer changed (an
-        optimizer step, ``load_state_dict`` and ``.to`` each give a tensor a new version or a new address)."""
-        key = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+        optimizer step, ``load_state_dict`` and ``.to`` each give a tensor a new version or a new address); None
+        where they would outgrow ``fold_memory_ratio``."""
+        key = (self.fold_memory_ratio, *((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers())))
         if self._fold is None or self._fold[0] != key:
-            self._fold = (key, FoldedAIM(self))
+            own = self.tables.weight.numel() + self.linear.weights.weight.numel()
+            try:
+                self._fold = (key, FoldedAIM(self, max_numbers=int(self.fold_memory_ratio * own)))
+            except ValueError:
+                self._fold = (key, None)
         return self._fold[1]
 
     def interaction_parts(self, full: dict[str, Tensor]) -> list[Tensor]:
@@ -208,7 +215,9 @@ class AIM(CTRModel):
 
     def forward(self, batch: CTRData) -> Tensor:
         if not self.training and not torch.is_grad_enabled() and self.fold_inference and self._foldable():
-            return self._folded().logits(batch)
+            folded = self._folded()
+            if folded is not None:
+                return folded.logits(batch)
         full, compact = self.embed_tables(batch)
         parts = self.interaction_parts(full)
         if self.head == "stacked":
@@ -251,14 +260,19 @@ class FoldedAIM:
     shift, and every factor of an interaction term is linear in one field's embedding: a kept number (times
     ``a_k`` and the kernel, on a term's first field) or an outer product's projection ``w·e`` (times ``a_k`` on the
     first). So is the mean of the T function-wise tables that the MLP reads, and the first-order weight. Each
-    field's table ``folded[f]`` [vocab, size + 1 + factors] holds all of those for every code, and a batch costs
-    one gather per field (a bag mean for a multi-valued field: the maps are linear), then per order p one
-    product of p gathered column sets and a row sum, then the MLP. The logits equal the layered forward's to
-    rounding (tests/test_search.py); ml-100k's retrain spent 3.2 ms of its own on 10,000 rows in the layers
-    (bench/inference_parts.py), where DeepFM spent 0.8 under the same MLP.
+    field's table ``folded[f]`` [vocab, size + 1 + factors] holds all of those for every code (a multi-valued field
+    takes the bag mean of its codes' rows: the maps are linear). A row's logit is then the constant plus, per term,
+    the product of its factors read from the row's folded rows, plus the MLP of the copied mean columns: one native
+    pass per row on CPU (``csrc/folded_logits.cpp``), or torch ops (a gather per field, per order p a product of p
+    gathered column sets and a row sum). The logits equal the layered forward's to rounding (tests/test_search.py).
+    On ml-100k's 10,000 test rows the retrain's own work (all but the MLP) took 0.76 ms this way against 4.2 ms
+    through its layers, and DeepFM's 1.1 (bench/inference_parts.py, README).
+
+    ``max_numbers`` bounds the folded tables' size: a field in many interactions gets one column per factor, so the
+    folded tables can outgrow the model's own (``ValueError`` then; ``AIM`` keeps its layers).
     """
 
-    def __init__(self, model: AIM) -> None:
+    def __init__(self, model: AIM, max_numbers: int | None = None) -> None:
         tables: PrunedFieldEmbedding = model.tables  # type: ignore[assignment]
         T, fields = tables.tables, model.fields
         with torch.no_grad():
@@ -305,6 +319,9 @@ class FoldedAIM:
                         terms.setdefault(p, []).append(term)
                 start += m
 
+            numbers = sum(vocab * (size + 1 + len(factors[f])) for f, (_, vocab, size, _) in enumerate(blocks))
+            if max_numbers is not None and numbers > max_numbers:
+                raise ValueError(f"the folded tables would hold {numbers:,} numbers, over the {max_numbers:,} allowed")
             # folded[f] = [mean over the T tables | first-order weight | factors], one matrix product per field
             self.folded: list[Tensor] = []
             mlp_columns, rest_starts = [], []
