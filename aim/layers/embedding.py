@@ -269,10 +269,11 @@ class PrunedFieldEmbedding(nn.Module):
         # (first row, vocabulary, size, first column of `compact`) per field, then split: the multi-valued fields in
         # batch.multi order, the single-valued ones in batch.single order (compact's no-grad path gathers those as
         # blocks too). A field's columns are consecutive (columns go field by field).
-        blocks = [(int(base[i]), f.vocab_size, int(sizes[i]), int(torch.nonzero(field_of == i)[0]) if sizes[i] else 0)
-                  for i, f in enumerate(self.fields)]
-        self.multi_blocks = [b for b, f in zip(blocks, self.fields, strict=True) if f.multi_valued]
-        self.single_blocks = [b for b, f in zip(blocks, self.fields, strict=True) if not f.multi_valued]  # no-grad path
+        self.blocks = [(int(base[i]), f.vocab_size, int(sizes[i]),
+                        int(torch.nonzero(field_of == i)[0]) if sizes[i] else 0) for i, f in enumerate(self.fields)]
+        self.multi_blocks = [b for b, f in zip(self.blocks, self.fields, strict=True) if f.multi_valued]
+        self.single_blocks = [b for b, f in zip(self.blocks, self.fields, strict=True)
+                              if not f.multi_valued]  # no-grad path
         self.total = total
         # Each single-valued field's table: where it starts and how long its rows are. A code's row starts at
         # base + code * size; column s reads that row's number slot_of[s]. The row starts are computed per

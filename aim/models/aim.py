@@ -279,8 +279,7 @@ class FoldedAIM:
             weight = tables.weight.detach()
             linear = model.linear.weights  # FieldEmbedding of width 1: field f's codes are rows offset_f + code
             offsets = torch.cumsum(torch.tensor([0] + [f.vocab_size for f in fields]), 0).tolist()
-            single, multi = iter(tables.single_blocks), iter(tables.multi_blocks)
-            blocks = [next(multi) if f.multi_valued else next(single) for f in fields]  # (row, vocab, size, column)
+            blocks = tables.blocks  # per field in field order: (first row, vocab, size, first column of compact)
             where = {column + slot: (f, slot) for f, (_, _, size, column) in enumerate(blocks) for slot in range(size)}
             # Each field's folded columns: its mean columns, its first-order weight, then one per factor. A factor is
             # a list of (source, coefficient), source = slot * T + table in the field's [vocab, size * T] rows.
@@ -322,10 +321,12 @@ class FoldedAIM:
             numbers = sum(vocab * (size + 1 + len(factors[f])) for f, (_, vocab, size, _) in enumerate(blocks))
             if max_numbers is not None and numbers > max_numbers:
                 raise ValueError(f"the folded tables would hold {numbers:,} numbers, over the {max_numbers:,} allowed")
-            # folded[f] = [mean over the T tables | first-order weight | factors], one matrix product per field
+            # folded[f] = [mean over the T tables | first-order weight | factors], one matrix product per field,
+            # written into one array that holds every field's table (the native kernel reads it whole)
+            flat = weight.new_empty(numbers)
             self.folded: list[Tensor] = []
-            mlp_columns, rest_starts = [], []
-            rest_width = 0
+            starts, mlp_columns, rest_starts = [], [], []
+            start = rest_width = 0
             for f, (row, vocab, size, column) in enumerate(blocks):
                 rows = weight[row:row + vocab * size].reshape(vocab, size * T)
                 maps = weight.new_zeros(size * T, size + len(factors[f]))
@@ -335,17 +336,16 @@ class FoldedAIM:
                     for source, coefficient in sources:
                         maps[source, size + j] += coefficient
                 first_order = linear.weight[offsets[f]:offsets[f] + vocab]
-                folded = torch.cat([rows @ maps[:, :size], first_order, rows @ maps[:, size:]], 1)
-                self.folded.append(folded.contiguous())
+                width = size + 1 + len(factors[f])
+                folded = flat[start:start + vocab * width].view(vocab, width)
+                torch.cat([rows @ maps[:, :size], first_order, rows @ maps[:, size:]], 1, out=folded)
+                self.folded.append(folded)
+                starts.append(start)
                 mlp_columns.append((column, size))
                 rest_starts.append(rest_width)
-                rest_width += 1 + len(factors[f])
+                start += vocab * width
+                rest_width += width - size
             self.mlp_columns, self.rest_width = mlp_columns, rest_width
-            # One array holds every field's table (the native kernel reads it whole); self.folded are views of it.
-            flat = torch.cat([t.flatten() for t in self.folded]) if self.folded else weight.new_zeros(0)
-            starts = torch.cumsum(torch.tensor([0] + [t.numel() for t in self.folded]), 0)[:-1]
-            self.folded = [flat[start:start + t.numel()].view(t.shape)
-                           for start, t in zip(starts.tolist(), self.folded, strict=True)]
             self.multi_valued = [f.multi_valued for f in fields]
             device = weight.device
             groups = [(p, group) for p, group in sorted(terms.items()) if group]
@@ -362,7 +362,7 @@ class FoldedAIM:
                 factors_flat = [factor for _, group in groups for term in group for factor in term]
                 self.native = {
                     "tables": flat,
-                    "table_start": starts.to(torch.int64),
+                    "table_start": as_i64(starts),
                     "width": as_i64([t.shape[1] for t in self.folded]),
                     "mlp_size": as_i64(sizes),
                     "mlp_column": as_i64([column for column, _ in mlp_columns]),
@@ -414,9 +414,8 @@ class FoldedAIM:
         if native and self.native is not None:
             return self._native_logits(batch)
         rows = len(batch)
-        first = self.folded[0] if self.folded else None
-        mlp_in = first.new_empty(rows, self.embedding_size)
-        x = first.new_empty(rows, self.rest_width)
+        mlp_in = self.constant.new_empty(rows, self.embedding_size)
+        x = self.constant.new_empty(rows, self.rest_width)
         single, multi, start = 0, 0, 0
         for f, table in enumerate(self.folded):
             if self.multi_valued[f]:
