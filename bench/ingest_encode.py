@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "ingest_encode.json"
@@ -72,14 +71,18 @@ def reset_peak_rss() -> None:
 # -------------------------------------------------------------------------------------- parameters
 def criteo_params(tsv: Path) -> dict[str, Any]:
     """params.yaml as a dict, switched to the `criteo` preset, reading ``tsv`` instead of its files."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    from tasks.config import read_yaml
+
+    raw = read_yaml((ROOT / "params.yaml").read_text())
     preset = dict(raw["datasets"]["criteo"], paths=[str(tsv)])
     return dict(raw, dataset="criteo", datasets={"criteo": preset})
 
 
 def sample_paths() -> list[Path]:
     """The real 8,000-line Criteo sample: the files the `criteo` preset names (relative to the root)."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    from tasks.config import read_yaml
+
+    raw = read_yaml((ROOT / "params.yaml").read_text())
     return [(ROOT / p).resolve() for p in raw["datasets"]["criteo"]["paths"]]
 
 

@@ -25,21 +25,42 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading ``1e-5`` as a float as YAML 1.2 (and DVC's ruamel) do: YAML 1.1 wants a dot
-    and a signed exponent (``1.0e-5``), so ``1e-5`` was the string "1e-5". ``dvc exp run -S key=0.00001`` writes
-    ``1e-05``, and a model's hyper-parameters (free-form, passed to its constructor) then failed mid-training with
-    "can't multiply sequence by non-int of type 'float'"."""
+    """PyYAML's safe loader with YAML 1.2's core schema, which is what DVC reads and writes (ruamel.yaml).
+
+    PyYAML resolves plain scalars by YAML 1.1, and ``dvc exp run -S`` rewrites params.yaml by YAML 1.2, dropping the
+    quotes a 1.2 reader does not need. Where the two disagree a value changed type between DVC and the stages:
+    ``1e-05`` (DVC's float) was the string "1e-05" and a model failed mid-training; a label's ``positive: ["yes"]``
+    came back as ``[yes]``, which YAML 1.1 reads as ``True``; ``no``, ``on``, ``off``, ``y``, ``n`` likewise, and
+    ``12:30`` was the sexagesimal int 750. Here only ``true``/``false`` are booleans, ints and floats are 1.2's, and
+    dates stay strings (the params take none).
+    """
+
+    @staticmethod
+    def _int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+        text = str(loader.construct_scalar(node)).replace("_", "")
+        sign = -1 if text.startswith("-") else 1
+        text = text.lstrip("+-")
+        for prefix, base in (("0b", 2), ("0o", 8), ("0x", 16)):
+            if text.startswith(prefix):
+                return sign * int(text[2:], base)
+        return sign * int(text)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),  # with an exponent, dot or not
-    list("-+0123456789."),
-)
+_Loader.yaml_implicit_resolvers = {}  # a class attribute of its own: SafeLoader's stay as they are
+for _tag, _pattern, _first in (
+    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+    ("bool", r"true|True|TRUE|false|False|FALSE", list("tTfF")),
+    ("int", r"[-+]?0b[01_]+|[-+]?0o[0-7_]+|[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+", list("-+0123456789")),
+    ("float", r"[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+              r"|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)", list("-+0123456789.")),
+    ("merge", r"<<", ["<"]),
+):
+    _Loader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"), _first)
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader._int)
 
 
 def read_yaml(text: str) -> Any:
-    """A YAML document as Python data, with YAML 1.2's floats (``_Loader``)."""
+    """A YAML document as Python data, its plain scalars read by YAML 1.2 as DVC reads them (``_Loader``)."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.config import Params, parse_params
+from tasks.config import Params, parse_params, read_yaml
 
 # No W&B files from the tests; stage subprocesses (dvc repro, flows) inherit this. A test may set its own mode.
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -32,7 +32,7 @@ def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
 
 def project_params(dataset: str, **sections: Any) -> Params:
     """The project's params.yaml with `dataset` chosen and input paths made absolute (tests run elsewhere)."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_yaml((ROOT / "params.yaml").read_text())
     raw["dataset"] = dataset
     raw["datasets"] = {name: _absolute(spec) for name, spec in raw["datasets"].items()}
     raw.update(sections)
@@ -85,7 +85,7 @@ def tiny_project(repo: Path) -> Path:
         if (ROOT / f).is_file() and not f.startswith(("tests/", "bench/")):
             (repo / f).parent.mkdir(parents=True, exist_ok=True)
             (repo / f).write_bytes((ROOT / f).read_bytes())
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_yaml((repo / "params.yaml").read_text())
     params["generate"]["rows"] = 3000
     params["baselines"]["models"] = {"lr": {}, "fm": {}}  # two models keep the tests quick
     params["train"]["epochs"] = 2

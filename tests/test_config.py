@@ -150,3 +150,33 @@ def test_exponent_floats_are_floats_as_dvc_writes_them(tmp_path: Path) -> None:
     assert "1e-05" in path.read_text()  # what DVC's writer gives, so the case is real
     value = load_params(path).baselines.hyperparameters("fm")["embedding_l2"]
     assert isinstance(value, float) and value == 1e-5
+
+
+def test_yes_and_no_labels_survive_dvcs_writer(tmp_path: Path) -> None:
+    """A label spec `positive: ["yes"]` came back from `dvc exp run -S ...` as `[yes]` (YAML 1.2 needs no quotes
+    there), which YAML 1.1 reads as True: the stage then stopped with "Input should be a valid string"."""
+    from dvc.utils.hydra import apply_overrides
+
+    raw = {**MINIMAL, "datasets": {"t": {"paths": ["x.csv"], "format": "csv", "columns": {
+        "clicked": {"kind": "label", "positive": ["yes"], "negative": ["no"]},
+        "device": {"kind": "categorical"}}}}}
+    path = write(tmp_path, raw)
+    apply_overrides(path, ["dataset=t"])  # any -S: DVC rewrites the whole file
+    assert "'yes'" not in path.read_text() and '"yes"' not in path.read_text()  # unquoted now: the case is real
+    label = load_params(path).datasets["t"].columns["clicked"]
+    assert label.positive == ["yes"] and label.negative == ["no"]
+
+
+def test_plain_scalars_read_as_dvc_reads_them() -> None:
+    """Every plain scalar that YAML 1.1 and 1.2 read differently, against DVC's own reader; dates stay strings."""
+    from dvc.utils.serialize import parse_yaml
+
+    from tasks.config import read_yaml
+
+    doc = ("bools: [yes, no, on, off, y, n, Yes, NO, true, False]\ntime: 12:30\n"
+           "ints: [010, 0o17, 0x1f, 0b101, -3, +4, 1_000]\nfloats: [1e-5, 2.5e3, .5, 1., -.inf, .nan]\n"
+           "nulls: [~, null]\nquoted: ['1e-5', 'yes']\nbase: &b {x: 1}\nmerged: {<<: *b, y: 2}\n")
+    ours, dvcs = read_yaml(doc), parse_yaml(doc, "params.yaml")
+    assert repr(ours) == repr(dvcs)  # repr: nan != nan
+    assert ours["bools"][:2] == ["yes", "no"] and ours["time"] == "12:30" and ours["ints"][0] == 10
+    assert read_yaml("d: 2024-01-02") == {"d": "2024-01-02"}

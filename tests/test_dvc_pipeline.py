@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from aim.train import predict
+from tasks.config import read_yaml
 from tasks.training import load_encoded, load_model
 from tests.conftest import Reproduced, needs_shared, ran, sh
 
@@ -50,7 +51,7 @@ def test_repro_then_nothing_then_only_downstream(reproduced: Reproduced) -> None
                                      "ipnn_if"])
     assert ran(sh(["dvc", "repro"], clone)) == []  # nothing changed: nothing runs
 
-    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params = read_yaml((clone / "params.yaml").read_text())
     params["encode"]["min_count"] = 3
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     again = ran(sh(["dvc", "repro"], clone))
