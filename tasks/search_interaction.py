@@ -12,6 +12,7 @@ and one curve per order under ``reports/search_interaction/``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -31,20 +32,57 @@ from tasks.training import (
     train_config,
 )
 
+# An order that keeps at least this share of its candidates, or order 2 keeping none, gets a warning (from
+# UNPRUNED_MIN candidates on: a handful of candidates may well all matter).
+UNPRUNED_SHARE, UNPRUNED_MIN = 0.9, 8
+
+
+def final_threshold(c: float, lr: float, mu: float, steps: int) -> float:
+    """GRDA's l1 after ``steps`` steps at a constant learning rate: c * sqrt(lr) * (lr * steps)^mu."""
+    return c * math.sqrt(lr) * (lr * steps) ** mu
+
+
+def warn_if_unpruned(name: str, order: int, kept: int, candidates: int, section: SearchConfig, grda_c: float,
+                     steps: int, key: str) -> str | None:
+    """The warning printed when GRDA closed (almost) no gate, or every gate of order 2, else None.
+
+    On a small log the search is short and its threshold stays low, so a ``c`` chosen for a large log keeps
+    everything and the retrain gets every interaction under every function; ``reference_steps`` scales ``c`` to
+    the search's length, and can then close every gate of a log too small to show any interaction."""
+    if candidates < UNPRUNED_MIN or UNPRUNED_SHARE * candidates > kept > 0 or (kept == 0 and order > 2):
+        return None
+    threshold = final_threshold(grda_c, section.grda.lr, section.grda.mu, steps)
+    where = (f"GRDA's threshold ended at {threshold:.3g} after {steps:,} steps (c {grda_c:.3g}; gates start at "
+             f"{section.gate_init:g})")
+    if kept:
+        message = (f"order {order} kept {kept} of {candidates} candidates. {where}, too low to close the gates of "
+                   f"this log's noise. To keep fewer, raise {key}.grda.c, or set {key}.grda.reference_steps to the "
+                   "length of a search whose c you trust (1,584 steps: Frappe's search at c 0.05), which scales c "
+                   "to this search's length.")
+    else:
+        message = (f"order {order} kept none of {candidates} candidates, so the retrain has no interaction (a "
+                   f"first-order model under its MLP). {where}. If this log should show interactions, lower "
+                   f"{key}.grda.c (or {key}.grda.reference_steps), or train the search longer ({key}.train.epochs).")
+    print(f"{name}: warning: {message}", flush=True)
+    return message
+
 
 def search(params: Params, section: SearchConfig, fields: list[FieldSpec], splits: dict[str, CTRData],
-           name: str, stage: str = "search_interaction") -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+           name: str, stage: str = "search_interaction", key: str = "search",
+           ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """Algorithm 1 with FIS (+ IFS) at every order. Returns the gate record written to ``gates/`` and the
     train time per order, kept apart: a gate file holds no wall-clock figure, so a re-run that keeps the
     same gates leaves it byte for byte the same and DVC does not retrain what reads it.
 
-    Each order is one tracked run of ``stage``; it ends with the interactions kept so far as a table."""
+    Each order is one tracked run of ``stage``; it ends with the interactions kept so far as a table. ``key`` is the
+    params section that sets ``section`` (named in warnings)."""
     names = [f.name for f in fields]
     n = len(fields)
     k = section.top_k or max(n // 2, 1)
     functions = section.searched_functions
     config = train_config(params, section.train, f"{name}.train")
     grda_c = search_grda_c(section.grda, config, len(splits["train"]), name)
+    steps = config.epochs * math.ceil(len(splits["train"]) / config.batch_size)
     selected: list[Interaction] = []
     orders: dict[str, Any] = {}
     timings: dict[str, dict[str, float]] = {}
@@ -89,6 +127,7 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
             tracker.table("interactions", *tracking.interaction_table(to_records(selected, names)))
         print(f"{name}: order {order}: kept {len(keep)} of {len(candidates)} "
               f"({len(kept_sets)} of {len(candidate_sets)} field sets)", flush=True)
+        warn_if_unpruned(name, order, len(keep), len(candidates), section, grda_c, steps, key)
         candidates = combine(top_k(keep, k), n, functions, section.gate_init) if order < section.max_order else []
     save_predictions(name, probabilities)
     return {

@@ -64,3 +64,44 @@ def test_search_recovers_planted_pairs_and_triples(planted_data, tmp_path: Path,
     for it in gates["interactions"]:
         if it["order"] == 3:
             assert any(frozenset(p) in pairs for p in itertools.combinations(it["fields"], 2))
+
+
+def test_a_search_that_closes_no_gate_or_every_gate_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]):
+    """On a small log (16,000 train rows, 128 search steps) the shipped c keeps every pair, and c scaled to Frappe's
+    search length closes every gate: both are said, with the keys to change and the threshold GRDA reached."""
+    from aim.search import GRDA
+    from tasks.search_interaction import final_threshold, search
+
+    table, _ = simulate(GenerateConfig(rows=20_000))
+    names = [c for c in table.columns if c.startswith("C")]
+    codes = table.select(pl.col(c).rank("dense").cast(pl.Int32) for c in names).to_numpy()
+    fields = [FieldSpec(n, int(codes[:, i].max()) + 1) for i, n in enumerate(names)]
+    data = CTRData(tuple(fields), torch.from_numpy(np.ascontiguousarray(codes)), (),
+                   torch.from_numpy(table["label"].to_numpy().astype(np.float32)))
+    splits = {"train": data.slice(0, 16_000), "valid": data.slice(16_000, 18_000), "test": data.slice(18_000, 20_000)}
+    params = load_params(ROOT / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(2)
+
+    shipped = SearchConfig.model_validate(params.search.model_dump() | {"mode": "fis", "max_order": 2})
+    gates, _ = search(params, shipped, fields, splits, "search_interaction")
+    out = capsys.readouterr().out
+    assert gates["orders"]["2"]["kept"] >= 0.9 * 325
+    steps = shipped.train["epochs"] * 16  # 16,000 rows at batch 1024
+    threshold = final_threshold(shipped.grda.c, shipped.grda.lr, shipped.grda.mu, steps)
+    assert f"warning: order 2 kept {gates['orders']['2']['kept']} of 325 candidates" in out
+    assert f"ended at {threshold:.3g} after {steps} steps" in out and "raise search.grda.c" in out
+
+    gate = torch.nn.Parameter(torch.zeros(1))  # the closed form is what GRDA's own increments sum to
+    grda = GRDA([gate], lr=shipped.grda.lr, c=shipped.grda.c, mu=shipped.grda.mu)
+    for _ in range(steps):
+        gate.grad = torch.zeros(1)
+        grda.step()
+    assert grda.state[gate]["l1"] == pytest.approx(threshold, rel=1e-9)
+
+    scaled = shipped.model_copy(update={"grda": shipped.grda.model_copy(update={"reference_steps": 1584})})
+    gates, _ = search(params, scaled, fields, splits, "autofis_search", key="autofis")
+    out = capsys.readouterr().out
+    assert gates["orders"]["2"]["kept"] == 0 and gates["interactions"] == []
+    assert "autofis_search: warning: order 2 kept none of 325 candidates" in out and "lower autofis.grda.c" in out
