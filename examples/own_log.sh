@@ -30,7 +30,15 @@ run() {  # run NAME [KEY=VALUE ...]
   cp params.base.yaml params.yaml
   dvc exp run -S dataset=ads "${@/#/-S}" > "log.$name" 2>&1 || { tail -30 "log.$name"; exit 1; }
   { echo "# dvc exp run -S dataset=ads ${*/#/-S }"; grep -E "^(ingest|search_interaction|autofis_search): " "log.$name";
-    "$python" -c "import json; from tasks.evaluate import render; print(render(json.load(open('metrics/evaluate.json'))))"; } > "$out/$name.txt"
+    "$python" -c "import json; from tasks.evaluate import render; print(render(json.load(open('metrics/evaluate.json'))))"
+    "$python" - <<'PY'
+import json
+for name in ("interaction", "autofis"):  # what each search kept, when it kept a handful
+    kept = json.load(open(f"gates/{name}.json"))["interactions"]
+    if len(kept) <= 10:
+        print(f"{name} kept:", ", ".join(f"{' x '.join(it['fields'])} {it['function']} {it['gate']:.3f}" for it in kept))
+PY
+  } > "$out/$name.txt"
   cp metrics/evaluate.json "$out/$name.json"
   cat "$out/$name.txt"
 }
