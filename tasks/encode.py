@@ -102,6 +102,11 @@ def assign_splits(n: int, params: Params) -> np.ndarray:
         if column not in schema:
             raise StageError(f"params.yaml: encode.split.column {column!r} is not a column of {ROWS} "
                              f"(columns: {list(schema)})")
+        if not (schema[column].is_temporal() or schema[column].is_numeric()):  # a string would sort as text
+            orderable = [name for name, dtype in schema.items()
+                         if name != LABEL and (dtype.is_temporal() or dtype.is_numeric())]
+            raise StageError(f"params.yaml: encode.split.column {column!r} is {schema[column]} in {ROWS}; a time "
+                             f"split orders the rows by a timestamp or a number (such columns: {orderable})")
         times = pl.read_parquet(ROWS, columns=[column])[column].to_physical().fill_null(np.iinfo(np.int64).min)
         order = np.argsort(times.to_numpy(), kind="stable")  # earliest rows train, latest test
     split = np.empty(n, np.int8)

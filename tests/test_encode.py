@@ -5,9 +5,10 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from tasks import encode, ingest
-from tasks.common import FEATURE_MAP, MISSING, OOV, split_path
+from tasks.common import FEATURE_MAP, MISSING, OOV, StageError, split_path
 from tests.conftest import tiny_params
 
 COLUMNS = {"label": {"kind": "label", "positive": ["1"], "negative": ["0"]}, "I1": {"kind": "numeric",
@@ -96,3 +97,13 @@ def test_dictionary_chunks_give_the_same_dictionary_and_indices_as_encoding_the_
     assert dictionary.to_pylist() == expected.dictionary.to_pylist()
     assert np.array_equal(idx, expected.indices.fill_null(-1).to_numpy())
     assert idx[1] == -1 and dictionary[idx[0]].as_py() == "late"
+
+
+def test_a_time_split_on_a_text_column_is_named(workdir: Path) -> None:
+    """A time split by a categorical column sorted the rows as text, without a word."""
+    write_log(workdir / "log.tsv")
+    params = tiny_params(COLUMNS, workdir / "log.tsv",
+                         encode={"split": {"method": "time", "column": "C1", "fractions": [0.8, 0.1, 0.1]}})
+    ingest.run(params)
+    with pytest.raises(StageError, match=r"encode.split.column 'C1' is String .*such columns: \['I1'\]"):
+        encode.run(params)
