@@ -337,11 +337,30 @@ def run(params: Params) -> dict[str, Any]:
         "oov_rate": {s: round(sum(stats[s]["oov"].values()) / max(stats[s]["rows"] * len(fields), 1), 6)
                      for s in ("valid", "test")},
     }
+    uninformative = uninformative_fields(fields, vocabs, stats["train"]["rows"], params.encode.min_count)
+    metrics["uninformative_fields"] = sorted(uninformative)
     write_json(METRICS / "encode.json", metrics)
     r = metrics["rows"]
     print(f"encode: {len(fields)} fields, {metrics['total_vocab']:,} codes; train {r['train']:,} / valid "
           f"{r['valid']:,} / test {r['test']:,} rows (click rate {metrics['positive_ratio']['train']:.3f})")
+    for name, why in uninformative.items():
+        print(f"encode: warning: field {name!r} {why}: it carries no signal (leave it out of the spec: `kind: drop`, "
+              "or out of a timestamp's `derive`)")
     return metrics
+
+
+def uninformative_fields(fields: list[Field], vocabs: dict[str, pl.DataFrame], train_rows: int,
+                         min_count: int) -> dict[str, str]:
+    """Fields that take one value in every train row, or no value seen ``min_count`` times: a constant column,
+    an empty one, or one whose every value is rare. A model reads them as a constant; the user should know."""
+    found = {}
+    for f in fields:
+        vocab = vocabs[f.name]
+        if vocab.height == 0:
+            found[f.name] = f"has no value seen at least {min_count} times in train (every value missing or rarer)"
+        elif f.kind != "multi_valued" and vocab.height == 1 and vocab["count"][0] == train_rows:
+            found[f.name] = f"has the one value {vocab['token'][0]!r} in every train row"
+    return found
 
 
 def decode(codes: list[int], field: str, vocab_path: Path = VOCAB) -> list[str | None]:

@@ -107,3 +107,24 @@ def test_a_time_split_on_a_text_column_is_named(workdir: Path) -> None:
     ingest.run(params)
     with pytest.raises(StageError, match=r"encode.split.column 'C1' is String .*such columns: \['I1'\]"):
         encode.run(params)
+
+
+def test_constant_and_empty_fields_are_named(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A column with one value everywhere, or none, passed every stage without a word."""
+    columns = {**COLUMNS, "K": "categorical", "E": "categorical", "R": "categorical"}
+    rows = [f"{i % 3 == 0:d}\t{i % 50}\tc{i % 7}\tm1\tus\t\tr{i}" for i in range(600)]  # R: every value once
+    rows[3] = "0\t1\tc1\tm1\tus\t\t"
+    (workdir / "log.tsv").write_text("\n".join(rows) + "\n")
+    params = tiny_params(columns, workdir / "log.tsv")
+    ingest.run(params)
+    metrics = encode.run(params)
+    out = capsys.readouterr().out
+    assert metrics["uninformative_fields"] == ["E", "K", "R"]
+    assert "field 'K' has the one value 'us' in every train row" in out
+    assert "field 'E' has no value seen at least 2 times in train" in out and "field 'R' has no value" in out
+    assert "field 'C1'" not in out and "field 'M'" not in out
+
+    rows[3] = "0\t1\tc1\tm1\tca\t\t"  # one other value: K now says something (if little)
+    (workdir / "log.tsv").write_text("\n".join(rows) + "\n")
+    ingest.run(params)
+    assert encode.run(params)["uninformative_fields"] == ["E", "R"]
