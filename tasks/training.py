@@ -176,9 +176,10 @@ def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData
     trainer.callbacks.append(checkpoint)
     # The steps per epoch, because early stopping and the plateau decay act once an epoch: at 12 steps (48,000 rows
     # at batch 4,096) no deep model of docs/own_log.md learned its log's interaction; at 94 the retrain did.
+    steps = math.ceil(len(splits["train"]) / config.batch_size)
     print(f"{name}: {net.num_parameters():,} parameters, {len(splits['train']):,} train rows, batch "
-          f"{config.batch_size:,} ({math.ceil(len(splits['train']) / config.batch_size):,} steps per epoch), "
-          f"device {trainer.device}, {config.precision}", flush=True)
+          f"{config.batch_size:,} ({steps:,} step{'s' if steps > 1 else ''} per epoch), device {trainer.device}, "
+          f"{config.precision}", flush=True)
     result = trainer.fit(splits["train"], splits["valid"])
 
     test = splits["test"]
