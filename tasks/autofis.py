@@ -26,7 +26,8 @@ def run(params: Params) -> dict[str, Any]:
                            GATES / "autofis.json", stage="autofis")
     summary = {"model": "autofis", **summary, "search_model_test_auc": gates["search_model"]["test_auc"],
                "order2_selection_ratio": gates["orders"]["2"]["selection_ratio"],
-               "search_train_seconds": round(sum(t["train_seconds"] for t in timings.values()), 3)}
+               "search_train_seconds": round(sum(t["train_seconds"] for t in timings.values()), 3),
+               "warnings": [t["warning"] for t in timings.values() if "warning" in t]}
     write_json(METRICS / "autofis.json", summary)
     save_model(MODELS_DIR / "autofis.pt", net, fields)
     return summary

@@ -69,10 +69,11 @@ def warn_if_unpruned(name: str, order: int, kept: int, candidates: int, section:
 
 def search(params: Params, section: SearchConfig, fields: list[FieldSpec], splits: dict[str, CTRData],
            name: str, stage: str = "search_interaction", key: str = "search",
-           ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-    """Algorithm 1 with FIS (+ IFS) at every order. Returns the gate record written to ``gates/`` and the
-    train time per order, kept apart: a gate file holds no wall-clock figure, so a re-run that keeps the
-    same gates leaves it byte for byte the same and DVC does not retrain what reads it.
+           ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Algorithm 1 with FIS (+ IFS) at every order. Returns the gate record written to ``gates/`` and, per order,
+    the train time and the warning of ``warn_if_unpruned`` if any, kept apart: a gate file holds no wall-clock
+    figure, so a re-run that keeps the same gates leaves it byte for byte the same and DVC does not retrain what
+    reads it.
 
     Each order is one tracked run of ``stage``; it ends with the interactions kept so far as a table. ``key`` is the
     params section that sets ``section`` (named in warnings)."""
@@ -85,7 +86,7 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
     steps = config.epochs * math.ceil(len(splits["train"]) / config.batch_size)
     selected: list[Interaction] = []
     orders: dict[str, Any] = {}
-    timings: dict[str, dict[str, float]] = {}
+    timings: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {}
     candidates = all_pairs(n, functions, section.gate_init)
     for order in range(2, section.max_order + 1):
@@ -127,7 +128,9 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
             tracker.table("interactions", *tracking.interaction_table(to_records(selected, names)))
         print(f"{name}: order {order}: kept {len(keep)} of {len(candidates)} "
               f"({len(kept_sets)} of {len(candidate_sets)} field sets)", flush=True)
-        warn_if_unpruned(name, order, len(keep), len(candidates), section, grda_c, steps, key)
+        warning = warn_if_unpruned(name, order, len(keep), len(candidates), section, grda_c, steps, key)
+        if warning:
+            timings[str(order)]["warning"] = f"{name}: warning: {warning}"  # as printed
         candidates = combine(top_k(keep, k), n, functions, section.gate_init) if order < section.max_order else []
     save_predictions(name, probabilities)
     return {
@@ -157,6 +160,7 @@ def run(params: Params) -> dict[str, Any]:
         "seconds_per_epoch": timings["2"]["seconds_per_epoch"],
         "train_seconds": round(sum(t["train_seconds"] for t in timings.values()), 3),
         **{f"order{p}_train_seconds": t["train_seconds"] for p, t in timings.items()},
+        "warnings": [t["warning"] for t in timings.values() if "warning" in t],  # make run's summary repeats them
     }
     write_json(METRICS / "search_interaction.json", metrics)
     return record

@@ -45,6 +45,15 @@ def render() -> str:
 
         lines += ["", "evaluate  every model on the test split (metrics/evaluate.json, reports/evaluate/report.md)",
                   render_evaluation(evaluation)]
+    # The stages' warnings again: in a `dvc repro` log they scroll past between hundreds of epoch lines.
+    warnings = []
+    if encode and encode.get("uninformative_fields"):
+        warnings.append(f"encode: no signal in the fields {', '.join(encode['uninformative_fields'])} (one value in "
+                        "every train row, or none seen min_count times)")
+    for stage in ("search_interaction", "autofis"):
+        warnings += (_load(METRICS / f"{stage}.json") or {}).get("warnings", [])
+    if warnings:
+        lines += ["", "warnings", *(f"  {w}" for w in warnings)]
     return "\n".join(lines)
 
 

@@ -85,13 +85,14 @@ def test_a_search_that_closes_no_gate_or_every_gate_says_so(tmp_path: Path, monk
     torch.set_num_threads(2)
 
     shipped = SearchConfig.model_validate(params.search.model_dump() | {"mode": "fis", "max_order": 2})
-    gates, _ = search(params, shipped, fields, splits, "search_interaction")
+    gates, per_order = search(params, shipped, fields, splits, "search_interaction")
     out = capsys.readouterr().out
     assert gates["orders"]["2"]["kept"] >= 0.9 * 325
     steps = shipped.train["epochs"] * 16  # 16,000 rows at batch 1024
     threshold = final_threshold(shipped.grda.c, shipped.grda.lr, shipped.grda.mu, steps)
     assert f"warning: order 2 kept {gates['orders']['2']['kept']} of 325 candidates" in out
     assert f"ended at {threshold:.3g} after {steps} steps" in out and "raise search.grda.c" in out
+    assert per_order["2"]["warning"] in out  # what the stage's metrics keep, for make run's summary
 
     gate = torch.nn.Parameter(torch.zeros(1))  # the closed form is what GRDA's own increments sum to
     grda = GRDA([gate], lr=shipped.grda.lr, c=shipped.grda.c, mu=shipped.grda.mu)
