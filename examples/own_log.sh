@@ -1,7 +1,7 @@
 #!/bin/bash
 # The walkthrough of docs/own_log.md, end to end: a user's own log through the whole pipeline, four ways.
 #
-#     examples/own_log.sh                 (about 15 minutes on 2 cores)
+#     examples/own_log.sh                 (about 8 minutes on 2 cores)
 #
 # Clones HEAD beside the checkout, writes examples/ad_log.py's log to data/logs/ads.csv, pastes examples/ads.yaml
 # under `datasets:` in params.yaml, and runs `dvc exp run -S dataset=ads` with the shipped settings, then with

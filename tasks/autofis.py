@@ -13,7 +13,7 @@ from typing import Any
 from tasks.common import GATES, METRICS, stage_main, write_json
 from tasks.config import Params, overlay
 from tasks.retrain import retrain
-from tasks.search_interaction import search
+from tasks.search_interaction import search, search_warnings
 from tasks.training import MODELS_DIR, load_encoded, save_model
 
 
@@ -27,7 +27,7 @@ def run(params: Params) -> dict[str, Any]:
     summary = {"model": "autofis", **summary, "search_model_test_auc": gates["search_model"]["test_auc"],
                "order2_selection_ratio": gates["orders"]["2"]["selection_ratio"],
                "search_train_seconds": round(sum(t["train_seconds"] for t in timings.values()), 3),
-               "warnings": [t["warning"] for t in timings.values() if "warning" in t]}
+               "warnings": search_warnings(timings)}
     write_json(METRICS / "autofis.json", summary)
     save_model(MODELS_DIR / "autofis.pt", net, fields)
     return summary

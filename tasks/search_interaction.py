@@ -12,14 +12,13 @@ and one curve per order under ``reports/search_interaction/``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from aim.data import CTRData, FieldSpec
 from aim.models import build_model
-from aim.search import Interaction, all_pairs, combine, kept, top_k
+from aim.search import GRDA, Interaction, all_pairs, combine, kept, top_k
 from tasks import tracking
 from tasks.common import GATES, METRICS, stage_main, write_json
 from tasks.config import Params, SearchConfig
@@ -27,6 +26,7 @@ from tasks.training import (
     load_encoded,
     save_predictions,
     search_grda_c,
+    search_steps,
     to_records,
     train_and_test,
     train_config,
@@ -37,21 +37,16 @@ from tasks.training import (
 UNPRUNED_SHARE, UNPRUNED_MIN = 0.9, 8
 
 
-def final_threshold(c: float, lr: float, mu: float, steps: int) -> float:
-    """GRDA's l1 after ``steps`` steps at a constant learning rate: c * sqrt(lr) * (lr * steps)^mu."""
-    return c * math.sqrt(lr) * (lr * steps) ** mu
-
-
 def warn_if_unpruned(name: str, order: int, kept: int, candidates: int, section: SearchConfig, grda_c: float,
                      steps: int, key: str) -> str | None:
-    """The warning printed when GRDA closed (almost) no gate, or every gate of order 2, else None.
+    """The warning line, printed and returned, when GRDA closed (almost) no gate, or every gate of order 2.
 
     On a small log the search is short and its threshold stays low, so a ``c`` chosen for a large log keeps
     everything and the retrain gets every interaction under every function; ``reference_steps`` scales ``c`` to
     the search's length, and can then close every gate of a log too small to show any interaction."""
     if candidates < UNPRUNED_MIN or UNPRUNED_SHARE * candidates > kept > 0 or (kept == 0 and order > 2):
         return None
-    threshold = final_threshold(grda_c, section.grda.lr, section.grda.mu, steps)
+    threshold = GRDA.threshold(section.grda.lr, grda_c, section.grda.mu, steps)
     where = (f"GRDA's threshold ended at {threshold:.3g} after {steps:,} steps (c {grda_c:.3g}; gates start at "
              f"{section.gate_init:g})")
     if kept:
@@ -63,8 +58,14 @@ def warn_if_unpruned(name: str, order: int, kept: int, candidates: int, section:
         message = (f"order {order} kept none of {candidates} candidates, so the retrain has no interaction (a "
                    f"first-order model under its MLP). {where}. If this log should show interactions, lower "
                    f"{key}.grda.c (or {key}.grda.reference_steps), or train the search longer ({key}.train.epochs).")
-    print(f"{name}: warning: {message}", flush=True)
-    return message
+    line = f"{name}: warning: {message}"
+    print(line, flush=True)
+    return line
+
+
+def search_warnings(per_order: dict[str, dict[str, Any]]) -> list[str]:
+    """The warnings of a search's orders, in order (``search``'s second result), for the stage's metrics."""
+    return [run["warning"] for run in per_order.values() if "warning" in run]
 
 
 def search(params: Params, section: SearchConfig, fields: list[FieldSpec], splits: dict[str, CTRData],
@@ -83,7 +84,7 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
     functions = section.searched_functions
     config = train_config(params, section.train, f"{name}.train")
     grda_c = search_grda_c(section.grda, config, len(splits["train"]), name)
-    steps = config.epochs * math.ceil(len(splits["train"]) / config.batch_size)
+    steps = search_steps(config, len(splits["train"]))
     selected: list[Interaction] = []
     orders: dict[str, Any] = {}
     timings: dict[str, dict[str, Any]] = {}
@@ -130,7 +131,7 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
               f"({len(kept_sets)} of {len(candidate_sets)} field sets)", flush=True)
         warning = warn_if_unpruned(name, order, len(keep), len(candidates), section, grda_c, steps, key)
         if warning:
-            timings[str(order)]["warning"] = f"{name}: warning: {warning}"  # as printed
+            timings[str(order)]["warning"] = warning
         candidates = combine(top_k(keep, k), n, functions, section.gate_init) if order < section.max_order else []
     save_predictions(name, probabilities)
     return {
@@ -160,7 +161,7 @@ def run(params: Params) -> dict[str, Any]:
         "seconds_per_epoch": timings["2"]["seconds_per_epoch"],
         "train_seconds": round(sum(t["train_seconds"] for t in timings.values()), 3),
         **{f"order{p}_train_seconds": t["train_seconds"] for p, t in timings.items()},
-        "warnings": [t["warning"] for t in timings.values() if "warning" in t],  # make run's summary repeats them
+        "warnings": search_warnings(timings),  # make run's summary repeats them
     }
     write_json(METRICS / "search_interaction.json", metrics)
     return record

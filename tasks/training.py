@@ -72,10 +72,16 @@ def train_config(params: Params, overrides: dict[str, Any] | None = None, where:
     return TrainConfig(**section.model_dump(), seed=params.seed, progress=progress_enabled())
 
 
+def search_steps(config: TrainConfig, train_rows: int) -> int:
+    """A search's length in steps: ``config.epochs`` epochs over ``train_rows`` rows, the last batch partial (a
+    search has no early stop)."""
+    return config.epochs * math.ceil(train_rows / config.batch_size)
+
+
 def search_grda_c(grda: GRDASection, config: TrainConfig, train_rows: int, name: str) -> float:
     """The GRDA ``c`` of a search that trains ``config.epochs`` epochs over ``train_rows`` rows: ``grda.c``
     scaled to the search's length when ``grda.reference_steps`` is set (aim.search.length_scaled_c)."""
-    steps = config.epochs * math.ceil(train_rows / config.batch_size)
+    steps = search_steps(config, train_rows)
     c = length_scaled_c(grda.c, grda.mu, steps, grda.reference_steps)
     if grda.reference_steps is not None:
         print(f"{name}: GRDA c {grda.c:g} x ({grda.reference_steps:,} reference steps / {steps:,} steps)^{grda.mu:g}"

@@ -71,7 +71,7 @@ def test_a_search_that_closes_no_gate_or_every_gate_says_so(tmp_path: Path, monk
     """On a small log (16,000 train rows, 128 search steps) the shipped c keeps every pair, and c scaled to Frappe's
     search length closes every gate: both are said, with the keys to change and the threshold GRDA reached."""
     from aim.search import GRDA
-    from tasks.search_interaction import final_threshold, search
+    from tasks.search_interaction import search
 
     table, _ = simulate(GenerateConfig(rows=20_000))
     names = [c for c in table.columns if c.startswith("C")]
@@ -89,7 +89,7 @@ def test_a_search_that_closes_no_gate_or_every_gate_says_so(tmp_path: Path, monk
     out = capsys.readouterr().out
     assert gates["orders"]["2"]["kept"] >= 0.9 * 325
     steps = shipped.train["epochs"] * 16  # 16,000 rows at batch 1024
-    threshold = final_threshold(shipped.grda.c, shipped.grda.lr, shipped.grda.mu, steps)
+    threshold = GRDA.threshold(shipped.grda.lr, shipped.grda.c, shipped.grda.mu, steps)
     assert f"warning: order 2 kept {gates['orders']['2']['kept']} of 325 candidates" in out
     assert f"ended at {threshold:.3g} after {steps} steps" in out and "raise search.grda.c" in out
     assert per_order["2"]["warning"] in out  # what the stage's metrics keep, for make run's summary

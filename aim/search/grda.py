@@ -48,8 +48,13 @@ class GRDA(Optimizer):
         super().__init__(params, {"lr": lr, "c": c, "mu": mu})
 
     @staticmethod
+    def threshold(lr: float, c: float, mu: float, step: int) -> float:
+        """l1(step) at a constant learning rate ``lr``: ``c * sqrt(lr) * (lr * step) ** mu``."""
+        return c * lr**0.5 * (lr * step) ** mu
+
+    @staticmethod
     def threshold_increment(lr: float, c: float, mu: float, step: int) -> float:
-        """l1(step) - l1(step - 1) at learning rate ``lr``."""
+        """l1(step) - l1(step - 1) at learning rate ``lr`` (``threshold``'s difference, with c * sqrt(lr) factored)."""
         return c * lr**0.5 * ((lr * step) ** mu - (lr * (step - 1)) ** mu)
 
     @torch.no_grad()
