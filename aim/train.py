@@ -79,6 +79,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 2  # epochs without a better validation AUC before stopping
+    # Epochs that neither count toward patience nor decay the learning rate. A pair term starts near zero (the
+    # embeddings' std is 1e-4), so on a small log the validation AUC can rise on the main effects, dip, and rise
+    # again only once the interactions grow (docs/own_log.md): a plateau that patience 2 mistakes for the end.
+    min_epochs: int = 0
     min_delta: float = 1e-5  # an AUC gain below this is no gain
     lr_decay: float = 0.1  # the learning rate is multiplied by this on each epoch without gain...
     min_lr: float = 1e-6  # ...but not below this
@@ -301,7 +305,7 @@ class Trainer:
         if improved:
             self.best_auc, self.best_epoch, self.bad_epochs = scores["auc"], self.epoch, 0
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
+        elif self.epoch > cfg.min_epochs:
             self.bad_epochs += 1
             for optimizer in self.optimizers:
                 for group in optimizer.param_groups:

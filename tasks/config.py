@@ -245,6 +245,7 @@ class TrainSection(Strict):
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     patience: Annotated[int, Field(ge=1)] = 2
+    min_epochs: Annotated[int, Field(ge=0)] = 0
     min_delta: Annotated[float, Field(ge=0)] = 1e-5
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.1
     min_lr: Annotated[float, Field(ge=0)] = 1e-6

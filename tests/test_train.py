@@ -106,6 +106,20 @@ def test_early_stopping_keeps_the_best_weights(planted) -> None:
     assert result.history[-1].lr == pytest.approx(max(0.02 * 0.1**without_gain, 1e-6))  # decayed on each
 
 
+def test_min_epochs_hold_off_patience_and_the_decay(planted) -> None:
+    """The same overfitting run: with min_epochs 8 it trains 8 epochs at its learning rate whatever the validation
+    AUC does, and only then may patience stop it; the best weights are still the ones kept."""
+    fields, data = planted
+    torch.manual_seed(0)
+    model = build_model("fm", fields, embedding_dim=16)
+    config = TrainConfig(epochs=30, batch_size=256, lr=0.02, patience=2, min_epochs=8)
+    result = fit(model, data["train"], data["valid"], config)
+    assert any(not r.improved for r in result.history[:8])  # the AUC fell inside the 8 epochs, and nothing acted
+    assert [r.lr for r in result.history[:8]] == [0.02] * 8
+    assert result.stopped_early and result.epochs_run == max(result.best_epoch, 8) + 2
+    assert evaluate(model, data["valid"])["auc"] == pytest.approx(result.best_valid_auc, abs=1e-12)
+
+
 def test_a_validation_split_with_one_class_is_refused(planted) -> None:
     """Early stopping follows the validation AUC, which one class leaves undefined: an error, not a NaN."""
     fields, data = planted
