@@ -1,11 +1,12 @@
 #!/bin/bash
-# The walkthrough of docs/own_log.md, end to end: a user's own log through the whole pipeline, four ways.
+# The walkthrough of docs/own_log.md, end to end: a user's own log through the whole pipeline, six ways.
 #
-#     examples/own_log.sh                 (about 8 minutes on 2 cores)
+#     examples/own_log.sh                 (about 12 minutes on 2 cores)
 #
 # Clones HEAD beside the checkout, writes examples/ad_log.py's log to data/logs/ads.csv, pastes examples/ads.yaml
 # under `datasets:` in params.yaml, and runs `dvc exp run -S dataset=ads` with the shipped settings, then with
-# the search's c scaled to its length, with a smaller training batch, and with both. Each run's evaluate table and
+# the search's c scaled to its length, with a smaller training batch, with both, and with train.min_epochs 10 (with
+# the shipped c and the scaled one). Each run's evaluate table and
 # search lines go to examples/results/<run>.txt and its metrics/evaluate.json to examples/results/<run>.json.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,3 +47,5 @@ run shipped
 run scaled_c search.grda.reference_steps=1584
 run batch_512 train.batch_size=512
 run both search.grda.reference_steps=1584 train.batch_size=512
+run min_epochs train.min_epochs=10
+run scaled_c_min_epochs search.grda.reference_steps=1584 train.min_epochs=10
