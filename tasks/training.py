@@ -181,7 +181,8 @@ def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData
                 callback.on_epoch_end(trainer, record)
     trainer.callbacks.append(checkpoint)
     # The steps per epoch, because early stopping and the plateau decay act once an epoch: at 12 steps (48,000 rows
-    # at batch 4,096) no deep model of docs/own_log.md learned its log's interaction; at 94 the retrain did.
+    # at batch 4,096) the decay at an early dip of the validation AUC ended DeepFM's training in docs/own_log.md
+    # before its pair term grew; with train.min_epochs 10 it learned the log's interaction.
     steps = math.ceil(len(splits["train"]) / config.batch_size)
     print(f"{name}: {net.num_parameters():,} parameters, {len(splits['train']):,} train rows, batch "
           f"{config.batch_size:,} ({steps:,} step{'s' if steps > 1 else ''} per epoch), device {trainer.device}, "
