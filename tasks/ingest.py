@@ -349,6 +349,18 @@ def check_header(path: Path, first_line: str, sep: str, header: bool | str, expe
     return header is True or (header == "auto" and got == expected)
 
 
+def strip_byte_order_mark(path: Path, block: bytes, encoding: str) -> bytes:
+    """The file's first block without a UTF-8 byte-order mark (Excel's "CSV UTF-8" writes one, and it would
+    otherwise stick to the first column's name). A UTF-16 file stops the stage with what to do about it."""
+    if block.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise StageError(f"{path}: the file is UTF-16 (it starts with a UTF-16 byte-order mark, as Excel's "
+                         f"\"Unicode text\" writes); the reader takes UTF-8 or Latin-1: convert it, for example "
+                         f"with `iconv -f UTF-16 -t UTF-8 {path.name} > converted.{path.suffix.lstrip('.') or 'csv'}`")
+    if encoding == "utf8" and block.startswith(b"\xef\xbb\xbf"):
+        return block[3:]
+    return block
+
+
 def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, header: bool | str,
                encoding: str, libfm: bool, block_bytes: int, checksums: dict[str, str] | None = None,
                ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
@@ -366,6 +378,7 @@ def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, head
             size, header_lines = len(block), 0
             if first_block:
                 first_block = False
+                block = strip_byte_order_mark(path, block, encoding)
                 eol = block.index(b"\n")
                 head = block[:eol].decode(encoding, "replace").rstrip("\r")
                 if header is not False and check_header(path, head, sep, header, list(columns)):

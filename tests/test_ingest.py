@@ -144,6 +144,26 @@ def test_header_mismatch_stops_with_file_and_column(workdir: Path) -> None:
     assert str(path) in str(err.value) and "column 3" in str(err.value) and "'C1'" in str(err.value)
 
 
+@pytest.mark.parametrize("header", [True, "auto", False])
+def test_an_excel_export_with_a_byte_order_mark_and_crlf_reads_as_the_plain_file(workdir: Path, header) -> None:
+    """Excel's "CSV UTF-8" starts with a UTF-8 byte-order mark, which stuck to the first column's name (a header
+    mismatch) or value; its "Unicode text" is UTF-16, which stops with what to do."""
+    lines = ["label,I1,C1,T,M", "1,2,a,14102100,x|y", "0,3,b,14102101,", "1,,c,14102102,z"]
+    if header is False:
+        lines = lines[1:]
+    text = "\n".join(lines) + "\n"
+    rows = {}
+    for name, data in {"plain": text.encode(), "excel": b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode()}.items():
+        (workdir / f"{name}.csv").write_bytes(data)
+        metrics = ingest.run(tiny_params(COLUMNS, workdir / f"{name}.csv", format="csv", spec={"header": header}))
+        assert metrics["rows_ok"] == 3, name
+        rows[name] = pl.read_parquet(ROWS)
+    assert rows["excel"].equals(rows["plain"])
+    (workdir / "unicode.txt").write_bytes(text.encode("utf-16"))
+    with pytest.raises(StageError, match=r"unicode\.txt: the file is UTF-16 .*iconv -f UTF-16 -t UTF-8"):
+        ingest.run(tiny_params(COLUMNS, workdir / "unicode.txt", format="csv", spec={"header": header}))
+
+
 def test_missing_and_empty_files_stop(workdir: Path) -> None:
     with pytest.raises(StageError, match=r"nope\.tsv: input file not found"):
         ingest.run(tiny_params(COLUMNS, workdir / "nope.tsv"))
