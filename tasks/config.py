@@ -124,6 +124,7 @@ class JoinSpec(Strict):
 
     path: str
     separator: str = "\t"
+    quoting: bool = False  # fields in double quotes, as DatasetSpec.quoting
     header: bool = False
     encoding: Literal["utf8", "latin1"] = "utf8"
     key: str
@@ -135,7 +136,13 @@ class JoinSpec(Strict):
     def _key_present(self) -> JoinSpec:
         if self.key not in self.columns:
             raise ValueError(f"join key {self.key!r} is not one of this table's columns")
+        if self.quoting and len(self.separator) != 1:
+            raise ValueError(f"quoting: true needs a one-character separator (got {self.separator!r})")
         return self
+
+    @property
+    def quote(self) -> str | None:
+        return '"' if self.quoting else None
 
 
 class ImplicitSpec(Strict):
@@ -158,6 +165,9 @@ class DatasetSpec(Strict):
     paths: Annotated[list[str], Field(min_length=1)]
     format: Literal["tsv", "csv", "libfm", "parquet"]
     separator: str | None = None  # default: tab for tsv, comma for csv, '|' allowed for anything
+    # Fields in double quotes (RFC 4180: a separator inside, a quote doubled) as spreadsheets and databases write
+    # them; default: on for csv, off for tsv (whose logs carry quotes as text). A field may not span lines.
+    quoting: bool | None = None
     header: bool | Literal["auto"] = False
     encoding: Literal["utf8", "latin1"] = "utf8"
     columns: dict[str, ColumnSpec]
@@ -178,6 +188,10 @@ class DatasetSpec(Strict):
             raise ValueError("an implicit-feedback log has no label column: labels come from sampling")
         if self.format == "libfm" and self.header is not False:
             raise ValueError("libfm files have no header")
+        if self.format == "libfm" and self.quoting:
+            raise ValueError("libfm files have no quoted fields: leave `quoting` out")
+        if self.quoting and len(self.sep) != 1:
+            raise ValueError(f"quoting: true needs a one-character separator (got {self.sep!r})")
         if self.implicit is not None:
             for col in [self.implicit.user, self.implicit.item, *self.implicit.item_columns]:
                 if col not in self.columns:
@@ -189,6 +203,12 @@ class DatasetSpec(Strict):
         if self.separator is not None:
             return self.separator
         return {"tsv": "\t", "csv": ",", "libfm": " "}.get(self.format, "\t")
+
+    @property
+    def quote(self) -> str | None:
+        """The quote character the reader honours, or None."""
+        on = self.format == "csv" and len(self.sep) == 1 if self.quoting is None else self.quoting
+        return '"' if on else None
 
     @property
     def label_column(self) -> str:

@@ -1,12 +1,14 @@
 """ingest: raw click logs -> typed rows (data/interim/rows.parquet), bad lines kept aside with a reason.
 
-Files are read in blocks of whole lines (``ingest.block_mb``), so memory stays flat on large logs. The
-common block (UTF-8, LF line ends, a one-byte separator) goes to Polars' CSV reader whole, after a shape
-check that costs two byte counts (``parse_block_fast``); other blocks are cut into lines with one
-vectorised newline search. Every check (column count, numbers, label mapping, timestamps, bytes that are
-not UTF-8) is vectorised or a column expression, never a Python loop over rows. A line that fails any check goes to
-data/interim/rejected.parquet with its file, line number, reason and raw text; metrics/ingest.json
-records ``rows_in == rows_ok + rows_rejected`` with the count per reason.
+Files are read in blocks of whole lines (``ingest.block_mb``), so memory stays flat on large logs. The common block
+(UTF-8, LF or CRLF line ends, a one-byte separator) goes to Polars' CSV reader whole, after a shape check that costs
+two byte counts (``parse_block_fast``); a block with quoted fields (csv) has its separators counted outside quotes,
+vectorised too; other blocks are cut into lines with one vectorised newline search. Every check (column count,
+numbers, label mapping, timestamps, bytes that are not UTF-8) is vectorised or a column expression, never a Python
+loop over rows (but in the rare blocks the general path splits a line at a time: bad bytes, and quoted fields in
+Latin-1 or with lone CRs). A line that fails any check goes to data/interim/rejected.parquet with its file, line
+number, reason and raw text; metrics/ingest.json records ``rows_in == rows_ok + rows_rejected`` with the count per
+reason.
 
 Typed columns: label Int8 (0/1), categorical String, numeric Float64, multi_valued List(String),
 timestamp Datetime, flag groups List(String). A missing value is null.
@@ -14,6 +16,7 @@ timestamp Datetime, flag groups List(String). A missing value is null.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 from collections import Counter
@@ -42,7 +45,7 @@ from tasks.common import (
 from tasks.config import ColumnSpec, DatasetSpec, JoinSpec, Params
 
 # Line-shape reasons, shared by the general and the fast parse path.
-EMPTY_LINE, WRONG_COLUMN_COUNT = "empty line", "wrong column count"
+EMPTY_LINE, WRONG_COLUMN_COUNT, UNBALANCED_QUOTES = "empty line", "wrong column count", "unbalanced quotes"
 
 REJECTED_SCHEMA = {"file": pl.String, "line": pl.Int64, "reason": pl.String, "detail": pl.String,
                    "raw": pl.String}
@@ -190,13 +193,15 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
 
 
 def parse_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, libfm: bool = False,
-                ) -> tuple[pl.DataFrame, pl.DataFrame]:
+                quote: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split and type a block's lines. Returns (typed rows with ``_line``, rejected lines with reasons).
 
     ``lines`` has columns line (String), undecodable (Boolean), _line (Int64 line number).
     """
     names = list(columns)
     n = len(names)
+    if quote is not None and lines["line"].str.contains(quote, literal=True).any():
+        return parse_quoted_lines(lines, columns, sep, quote)
     if libfm:  # `label idx:val idx:val ...`: one token per field, in field order; collapse repeated spaces
         lines = lines.with_columns(pl.col("line").str.strip_chars(" ").str.replace_all(" +", " "))
     df = lines.with_columns(
@@ -217,6 +222,36 @@ def parse_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, l
         checks.append((pl.col("_no_colon"), "libfm token without ':'", pl.lit("every feature token is idx:value")))
         df = df.with_columns(pl.col(c).str.split_exact(":", 1).struct.field("field_0").alias(c)
                              for c in feature_cols)
+    return type_fields(df, columns, checks, pl.col("line"))
+
+
+def parse_quoted_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, quote: str,
+                       ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``parse_lines`` for a block with quoted fields, split by Python's csv module, a line at a time: only the
+    general path's rare blocks (bad bytes, Latin-1, lone CRs) come here; quoted UTF-8 takes the fast path."""
+    names = list(columns)
+    texts = lines["line"].to_list()
+    fields: list[list[str | None]] = [[None] * len(texts) for _ in names]
+    counts, unbalanced = [], []
+    for i, text in enumerate(texts):
+        try:
+            row = next(csv.reader([text], delimiter=sep, quotechar=quote, strict=True), [])
+        except csv.Error:  # a quote that never closes, or text after a closing quote
+            row = None
+        unbalanced.append(row is None)
+        counts.append(len(row or []))
+        for j, value in enumerate((row or [])[: len(names)]):
+            fields[j][i] = value
+    df = lines.with_columns(_n_fields=pl.Series(counts, dtype=pl.Int64), _unbalanced=pl.Series(unbalanced),
+                            **{name: pl.Series(values, dtype=pl.String) for name, values in zip(names, fields,
+                                                                                                strict=True)})
+    checks: list[tuple[pl.Expr, str, pl.Expr]] = [
+        (pl.col("undecodable"), "undecodable bytes", pl.lit("line is not valid UTF-8")),
+        (pl.col("line").str.strip_chars().str.len_bytes() == 0, EMPTY_LINE, pl.lit("")),
+        (pl.col("_unbalanced"), UNBALANCED_QUOTES, pl.lit(f"a field opened with {quote} must close on its line")),
+        (pl.col("_n_fields") != len(names), WRONG_COLUMN_COUNT,
+         pl.format("{} fields, expected {}", pl.col("_n_fields"), pl.lit(len(names)))),
+    ]
     return type_fields(df, columns, checks, pl.col("line"))
 
 
@@ -254,7 +289,7 @@ def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[t
 
 
 def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[str, ColumnSpec], sep: str,
-                     ) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+                     quote: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     """The common case at full speed: a valid UTF-8 block, LF line ends, a one-byte separator.
 
     Polars' multi-threaded CSV reader parses the block as it is, numeric columns as numbers. Its shape is
@@ -263,9 +298,16 @@ def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[
     that fails that check (or holds a value that is not a number) takes the exact path, which counts the
     fields of every line, sets the wrong ones aside and types the rest from text, so that the checks can
     name each bad line. Returns None when the block needs the general path.
+
+    CRLF line ends are read as LF. With ``quote``, a block that holds the quote character takes the exact path,
+    where a separator between quotes does not count and a line with an odd number of quotes is set aside.
     """
-    if len(sep.encode()) != 1 or b"\r" in block:
+    if len(sep.encode()) != 1:
         return None
+    if b"\r" in block:  # Windows line ends (Excel, many exporters): the same lines without the CR
+        block = block.replace(b"\r\n", b"\n")
+        if b"\r" in block:  # a lone CR: the general path
+            return None
     if not block.isascii():  # isascii is a fast scan; only other blocks pay for a full UTF-8 decode
         try:
             block.decode("utf-8")
@@ -274,7 +316,9 @@ def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[
     n = len(columns)
     text = dict.fromkeys(columns, pl.String)
     typed = text | {c: pl.Float64 for c, s in columns.items() if s.kind == "numeric"}
-    options = {"separator": sep, "has_header": False, "quote_char": None, "empty_string_is_null": False}
+    quoted = quote is not None and quote.encode() in block
+    options = {"separator": sep, "has_header": False, "quote_char": quote if quoted else None,
+               "empty_string_is_null": False}
     arr = np.frombuffer(block, np.uint8)
     line_ends: np.ndarray | None = None
 
@@ -292,7 +336,7 @@ def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[
     df = None
     shape_rejected = no_rejections()
     line_numbers = np.arange(first_line, first_line + n_lines, dtype=np.int64)
-    if count_byte(block, ord(sep)) == n_lines * (n - 1):
+    if not quoted and count_byte(block, ord(sep)) == n_lines * (n - 1):
         try:
             df = pl.read_csv(block, schema=typed, **options)
         except pl.exceptions.ComputeError:  # a line with too many fields, or a value that is not a number
@@ -302,28 +346,44 @@ def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[
         starts = np.empty_like(line_ends)
         starts[0], starts[1:] = 0, line_ends[:-1] + 1
         seps = np.flatnonzero(arr == ord(sep))  # separators per line = separator positions inside it
+        unbalanced = np.zeros(len(line_ends), bool)
+        if quoted:  # a separator after an odd number of its line's quotes is inside a quoted field
+            quotes = np.flatnonzero(arr == ord(quote))
+            unbalanced = (np.searchsorted(quotes, line_ends) - np.searchsorted(quotes, starts)) % 2 == 1
+            line_of = np.searchsorted(line_ends, seps)
+            seps = seps[(np.searchsorted(quotes, seps) - np.searchsorted(quotes, starts[line_of])) % 2 == 0]
         n_fields = np.searchsorted(seps, line_ends) - np.searchsorted(seps, starts) + 1
         n_fields[starts == line_ends] = 0  # an empty line
-        good = n_fields == n
+        good = (n_fields == n) & ~unbalanced
         lines = block
         if not good.all():
             bad = np.flatnonzero(~good)
             raw = raw_lines(line_numbers[bad].tolist())
+            reasons = [EMPTY_LINE if not r.strip() else UNBALANCED_QUOTES if u else WRONG_COLUMN_COUNT
+                       for r, u in zip(raw, unbalanced[bad], strict=True)]
+            details = {EMPTY_LINE: "", UNBALANCED_QUOTES: f"a field opened with {quote} must close on its line"}
             shape_rejected = pl.DataFrame({
                 "line": line_numbers[bad],
-                "reason": [EMPTY_LINE if not r.strip() else WRONG_COLUMN_COUNT for r in raw],
-                "detail": ["" if not r.strip() else f"{k} fields, expected {n}"
-                           for r, k in zip(raw, n_fields[bad], strict=True)],
+                "reason": reasons,
+                "detail": [details.get(r, f"{k} fields, expected {n}") for r, k in zip(reasons, n_fields[bad],
+                                                                                       strict=True)],
                 "raw": raw}, schema=shape_rejected.schema)
             keep = np.repeat(good, line_ends - starts + 1)  # byte mask: whole good lines, newline included
             lines = arr[keep].tobytes()
             line_numbers = line_numbers[good]
         if not good.any():
             return pl.DataFrame({"_line": []}, schema={"_line": pl.Int64}), shape_rejected
+        # A quote inside a field (`a"b,c"`) is text to the reader, which then splits where the count above did
+        # not: such a block goes to the general path, whose csv module reads quotes as the reader does.
         try:
-            df = pl.read_csv(lines, schema=typed, **options)
-        except pl.exceptions.ComputeError:  # a numeric column holds something else: type it from text
-            df = pl.read_csv(lines, schema=text, **options)
+            try:
+                df = pl.read_csv(lines, schema=typed, **options)
+            except pl.exceptions.ComputeError:  # a numeric column holds something else: type it from text
+                df = pl.read_csv(lines, schema=text, **options)
+        except pl.exceptions.PolarsError:
+            return None
+        if df.height != len(line_numbers):
+            return None
     df = df.with_columns(_line=pl.Series(line_numbers))
     rows, rejected = type_fields(df, columns, [], pl.lit(None, pl.String))
     if rejected.height:  # the raw text of the (few) rejected lines, exactly as in the file
@@ -332,13 +392,16 @@ def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[
 
 
 # ------------------------------------------------------------------------------------------------ files
-def _header_names(first_line: str, sep: str) -> list[str]:
+def _header_names(first_line: str, sep: str, quote: str | None = None) -> list[str]:
+    if quote is not None:
+        return [h.strip() for h in next(csv.reader([first_line], delimiter=sep, quotechar=quote), [])]
     return [h.strip().strip('"') for h in first_line.split(sep)]
 
 
-def check_header(path: Path, first_line: str, sep: str, header: bool | str, expected: list[str]) -> bool:
+def check_header(path: Path, first_line: str, sep: str, header: bool | str, expected: list[str],
+                 quote: str | None = None) -> bool:
     """Whether the file's first line is a header; a header that does not match the spec stops the stage."""
-    got = _header_names(first_line, sep)
+    got = _header_names(first_line, sep, quote)
     if header is True and got != expected:
         diff = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
                     min(len(got), len(expected)))
@@ -363,9 +426,10 @@ def strip_byte_order_mark(path: Path, block: bytes, encoding: str) -> bytes:
 
 def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, header: bool | str,
                encoding: str, libfm: bool, block_bytes: int, checksums: dict[str, str] | None = None,
-               ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
+               quote: str | None = None) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
     """Parse files block by block: yields (typed rows, rejected lines, counts) per block. Given
-    ``checksums``, each file's sha256 is put there once the file has been read."""
+    ``checksums``, each file's sha256 is put there once the file has been read; given ``quote``, fields may be
+    quoted with it."""
     for path in paths:
         if not path.exists():
             raise StageError(f"{path}: input file not found")
@@ -381,16 +445,16 @@ def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, head
                 block = strip_byte_order_mark(path, block, encoding)
                 eol = block.index(b"\n")
                 head = block[:eol].decode(encoding, "replace").rstrip("\r")
-                if header is not False and check_header(path, head, sep, header, list(columns)):
+                if header is not False and check_header(path, head, sep, header, list(columns), quote):
                     block, first_line, header_lines, n_lines = block[eol + 1 :], first_line + 1, 1, n_lines - 1
             if not block:
                 continue
-            parsed = (parse_block_fast(block, first_line, n_lines, columns, sep) if encoding == "utf8" and not libfm
-                      else None)
+            parsed = (parse_block_fast(block, first_line, n_lines, columns, sep, quote)
+                      if encoding == "utf8" and not libfm else None)
             if parsed is None:  # the general path: bad bytes, CR line ends, libfm, Latin-1, long separators
                 lines = block_lines(block, encoding).with_columns(
                     _line=pl.int_range(first_line, first_line + pl.len(), dtype=pl.Int64))
-                parsed = parse_lines(lines, columns, sep, libfm)
+                parsed = parse_lines(lines, columns, sep, libfm, quote)
             rows, rejected = parsed
             rejected = rejected.with_columns(file=pl.lit(str(path))).select(list(REJECTED_SCHEMA))
             yield rows, rejected, {"lines": n_lines, "header_lines": header_lines, "bytes": size}
@@ -437,7 +501,7 @@ def read_side_table(join: JoinSpec, block_bytes: int, rejected: list[pl.DataFram
     ``rejected`` like the main file's."""
     parts, lines = [], 0
     for typed, bad, counts in read_table([Path(join.path)], join.columns, join.separator, join.header,
-                                         join.encoding, False, block_bytes):
+                                         join.encoding, False, block_bytes, quote=join.quote):
         parts.append(typed.drop("_line"))
         rejected.append(bad)
         lines += counts["lines"]
@@ -520,7 +584,7 @@ def run(params: Params) -> dict[str, Any]:
     progress = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=not progress_enabled())
     checksums: dict[str, str] = {}
     for rows, bad, counts in read_table(paths, spec.columns, spec.sep, spec.header, spec.encoding,
-                                        spec.format == "libfm", block_bytes, checksums):
+                                        spec.format == "libfm", block_bytes, checksums, spec.quote):
         progress.update(counts["bytes"])
         totals["lines"] += counts["lines"]
         totals["header_lines"] += counts["header_lines"]

@@ -52,31 +52,72 @@ def test_each_bad_line_gets_its_reason(workdir: Path) -> None:
 
 @pytest.mark.parametrize("bad_number", [False, True])
 def test_fast_and_general_paths_agree(workdir: Path, bad_number: bool) -> None:
-    """The fast path (numbers parsed by the CSV reader) and the general one (CR line ends force it) give the
-    same rows and the same rejected lines, with the raw text exact; a block holding a value that is not a
-    number falls back to text and names that line."""
+    """The fast path (numbers parsed by the CSV reader; CRLF line ends read as LF) and the general one (Latin-1
+    forces it) give the same rows and the same rejected lines, with the raw text exact; a block holding a value
+    that is not a number falls back to text and names that line."""
     lines = ["1\t3\ta\t14102100\tx", "0\t  5\tb\t14102101\ty", "1\t5 \tc\t14102102\t", "0\t \td\t14102103\tz",
              "9\t1.5\te\t14102104\tx", "1\t2e3\tf\t14102105\tx|y"]
     if bad_number:
         lines.append("0\t1,5\tg\t14102106\tx")
     results = []
-    for eol in ("\n", "\r\n"):
-        path = workdir / f"log{len(eol)}.tsv"
+    for eol, encoding in (("\n", "utf8"), ("\r\n", "utf8"), ("\n", "latin1")):
+        path = workdir / f"log{len(eol)}{encoding}.tsv"
         path.write_text(eol.join(lines) + eol)
-        m = ingest.run(tiny_params(COLUMNS, path))
+        m = ingest.run(tiny_params(COLUMNS, path, spec={"encoding": encoding}))
         rejected = pl.read_parquet(REJECTED).drop("file")
         results.append((m["rows_ok"], pl.read_parquet(ROWS), rejected))
         manifest = json.loads((workdir / "data/interim/manifest.json").read_text())
         assert manifest["files"][0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    (ok_fast, rows_fast, bad_fast), (ok_general, rows_general, bad_general) = results
-    assert ok_fast == ok_general == 5
-    assert rows_fast.equals(rows_general)
+    (ok_fast, rows_fast, bad_fast), (ok_crlf, rows_crlf, bad_crlf), (ok_general, rows_general, bad_general) = results
+    assert ok_fast == ok_crlf == ok_general == 5
+    assert rows_fast.equals(rows_general) and rows_crlf.equals(rows_general)
     assert rows_fast["I1"].to_list() == [3.0, 5.0, 5.0, None, 2000.0]  # spaces around a number; blank = missing
-    assert bad_fast.equals(bad_general)
+    assert bad_fast.equals(bad_general) and bad_crlf.equals(bad_general)
     expected = [(5, "label outside mapping", "9\t1.5\te\t14102104\tx")]
     if bad_number:
         expected.append((7, "non-numeric value in I1", "0\t1,5\tg\t14102106\tx"))
     assert list(zip(bad_fast["line"], bad_fast["reason"], bad_fast["raw"], strict=True)) == expected
+
+
+def test_quoted_csv_fields_read_as_spreadsheets_write_them(workdir: Path) -> None:
+    """csv honours double quotes (RFC 4180) in the fast path and the general one alike: a separator inside quotes,
+    a doubled quote, a quoted number or list; a quote that does not close on its line is kept aside with its
+    reason. Before, both paths split at every comma: the first line below was "6 fields, expected 5"."""
+    lines = ['"1",3,"Portland, OR",14102100,"x|y"',        # 1 ok: every kind of field quoted
+             '0,,"New ""York""",14102101,',                  # 2 ok: a doubled quote is one quote
+             '1,"4.5",Boston,14102102,z',                    # 3 ok: a quoted number
+             '1,3,"Austin, TX,14102103,x',                   # 4 a quote that never closes
+             '1,3,Austin, TX,14102104,x',                    # 5 an unquoted comma: 6 fields
+             '0,"",,14102105,""']                            # 6 ok: empty quoted fields are missing
+    header = '"label",I1,"C1",T,M'
+    results = []
+    for encoding in ("utf8", "latin1"):  # the fast path, then the general one
+        path = workdir / f"q-{encoding}.csv"
+        path.write_text("\n".join([header, *lines]) + "\n")
+        m = ingest.run(tiny_params(COLUMNS, path, format="csv", spec={"header": True, "encoding": encoding}))
+        assert m["rows_ok"] == 4
+        results.append((pl.read_parquet(ROWS), pl.read_parquet(REJECTED).drop("file")))
+    (rows, rejected), (rows_general, rejected_general) = results
+    assert rows.equals(rows_general) and rejected.equals(rejected_general)
+    assert rows["C1"].to_list() == ["Portland, OR", 'New "York"', "Boston", None]
+    assert rows["I1"].to_list() == [3.0, None, 4.5, None] and rows["label"].to_list() == [1, 0, 1, 0]
+    assert rows["M"].to_list() == [["x", "y"], [], ["z"], []]
+    assert list(zip(rejected["line"], rejected["reason"], rejected["raw"], strict=True)) == [
+        (5, "unbalanced quotes", lines[3]), (6, "wrong column count", lines[4])]  # line 1 is the header
+
+    # A quote inside a field is text (as to the csv module): `ab"c,d"e` is two fields, the line has 6. The fast
+    # path's count would have taken that comma for quoted: its block goes to the general path instead.
+    (workdir / "mid.csv").write_text('1,3,ab"c,d"e,14102100,x\n1,3,"ok",14102100,x\n')
+    ingest.run(tiny_params(COLUMNS, workdir / "mid.csv", format="csv"))
+    rejected = pl.read_parquet(REJECTED)
+    assert rejected.select("line", "reason", "detail").rows() == [(1, "wrong column count", "6 fields, expected 5")]
+    assert pl.read_parquet(ROWS)["C1"].to_list() == ["ok"]
+
+    (workdir / "q.tsv").write_text('1\t3\t"quoted"\t14102100\tx\n')  # tsv: quotes are text unless asked
+    ingest.run(tiny_params(COLUMNS, workdir / "q.tsv"))
+    assert pl.read_parquet(ROWS)["C1"].to_list() == ['"quoted"']
+    ingest.run(tiny_params(COLUMNS, workdir / "q.tsv", spec={"quoting": True}))
+    assert pl.read_parquet(ROWS)["C1"].to_list() == ["quoted"]
 
 
 def test_nan_is_missing_and_an_infinity_is_kept_aside(workdir: Path) -> None:
