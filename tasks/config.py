@@ -84,7 +84,8 @@ class ColumnSpec(Strict):
     # multi_valued: a separated list of tokens in one column
     separator: str = "|"
     max_length: Annotated[int, Field(ge=1)] = 8
-    # timestamp: "unix" seconds or a strptime format (Avazu: "%y%m%d%H"), and the fields derived from it
+    # timestamp: "unix" seconds, "unix_ms" milliseconds or a strptime format (Avazu: "%y%m%d%H"), and the fields
+    # derived from it
     time_format: str = "unix"
     derive: list[TimeDerivation] = ["hour", "weekday", "weekend"]
     # flag: a 0/1 column that becomes one token of the multi-valued field named here

@@ -133,6 +133,10 @@ def block_lines(block: bytes, encoding: str) -> pl.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------- parsing
+_YEAR_2200_S = 7_258_118_400  # 2200-01-01 in unix seconds
+_YEAR_1973_MS = 100_000_000_000  # 1973-03-03 in unix milliseconds
+
+
 def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
            ) -> tuple[list[pl.Expr], list[tuple[pl.Expr, str, pl.Expr]]]:
     """Expressions turning raw column ``name`` (String, or ``dtype`` where the reader typed it) into its
@@ -175,9 +179,20 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
         tokens = raw.str.split(spec.separator).list.eval(pl.element().filter(pl.element().str.len_bytes() > 0))
         return [tokens.alias(name)], []
     if spec.kind == "timestamp":
-        if spec.time_format == "unix":
-            secs = value.cast(pl.Int64, strict=False)
-            ts = pl.from_epoch(secs, time_unit="s")
+        checks: list[tuple[pl.Expr, str, pl.Expr]] = []
+        if spec.time_format in ("unix", "unix_ms"):
+            number = value.cast(pl.Int64, strict=False)
+            ts = pl.from_epoch(number, time_unit="s" if spec.time_format == "unix" else "ms")
+            # Milliseconds read as seconds are dates after the year 50,000, and seconds read as milliseconds fall
+            # in January 1970: both parse, so the mix-up would pass silently into the hour and weekday fields.
+            if spec.time_format == "unix":
+                wrong, hint = number >= _YEAR_2200_S, "after the year 2200 as unix seconds: milliseconds? " \
+                                                      "(time_format: unix_ms)"
+            else:
+                wrong, hint = number < _YEAR_1973_MS, "before March 1973 as unix milliseconds: seconds? " \
+                                                      "(time_format: unix)"
+            checks.append((number.is_not_null() & wrong, f"timestamp out of range in {name}",
+                           pl.format("{} = '{}' is {}", pl.lit(name), raw, pl.lit(hint))))
         else:
             fmt, text = spec.time_format, value
             if "%H" in fmt and "%M" not in fmt:  # Polars wants minutes whenever hours are parsed
@@ -186,7 +201,7 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
         ts = ts.cast(pl.Datetime("us"))
         return [ts.alias(name)], [(value.is_not_null() & ts.is_null(), f"unparseable timestamp in {name}",
                                    pl.format("{} = '{}' (format {})", pl.lit(name), raw,
-                                             pl.lit(spec.time_format)))]
+                                             pl.lit(spec.time_format))), *checks]
     if spec.kind == "flag":
         return [], [(~raw.is_in(["0", "1"]), f"flag not 0/1 in {name}", pl.format("{} = '{}'", pl.lit(name), raw))]
     return [], []  # drop
@@ -611,8 +626,11 @@ def run(params: Params) -> dict[str, Any]:
         "header_lines": totals["header_lines"],
     }
     if totals["rows_ok"] == 0:
+        first = next((b.row(0, named=True) for b in rejected if b.height), None)
+        example = f"; line {first['line']} of {first['file']}: {first['reason']}" if first else ""
+        example += f": {first['detail']}" if first and first["detail"] else ""
         raise StageError(f"no usable rows in {[str(p) for p in paths]}: all {rows_rejected} lines rejected "
-                         f"({dict(reasons.most_common(3))})")
+                         f"({dict(reasons.most_common(3))}){example}")
     if post_process:
         table_rows = pl.concat(kept)
         if spec.implicit:

@@ -120,6 +120,27 @@ def test_quoted_csv_fields_read_as_spreadsheets_write_them(workdir: Path) -> Non
     assert pl.read_parquet(ROWS)["C1"].to_list() == ["quoted"]
 
 
+def test_unix_milliseconds_read_as_seconds_are_kept_aside_with_the_fix(workdir: Path) -> None:
+    """A JavaScript-style millisecond timestamp parses as seconds too, in the year 55,840: it used to pass silently
+    into the hour and weekday fields. Now its line is kept aside, and a log of them stops with the key to set."""
+    def spec(time_format: str) -> dict:
+        return {"label": {"kind": "label", "positive": ["1"], "negative": ["0"]}, "C1": "categorical",
+                "ts": {"kind": "timestamp", "time_format": time_format, "derive": ["hour"]}}
+    path = workdir / "ms.tsv"
+    path.write_text("1\ta\t1700000000123\n0\tb\t1700003600456\n")
+    with pytest.raises(StageError, match=r"line 1 of .*ms\.tsv: timestamp out of range in ts: ts = '1700000000123' "
+                                         r"is after the year 2200 as unix seconds: milliseconds\? "
+                                         r"\(time_format: unix_ms\)"):
+        ingest.run(tiny_params(spec("unix"), path))
+    ingest.run(tiny_params(spec("unix_ms"), path))
+    assert pl.read_parquet(ROWS)["ts"].dt.hour().to_list() == [22, 23]  # 2023-11-14 22:13:20.123 UTC
+    path.write_text("1\ta\t1700000000\n0\tb\t1700003600456\n")  # one of each: each reading keeps one line
+    assert ingest.run(tiny_params(spec("unix"), path))["rejected_by_reason"] == {"timestamp out of range in ts": 1}
+    assert pl.read_parquet(REJECTED)["line"].to_list() == [2]
+    assert ingest.run(tiny_params(spec("unix_ms"), path))["rejected_by_reason"] == {"timestamp out of range in ts": 1}
+    assert pl.read_parquet(REJECTED)["line"].to_list() == [1]
+
+
 def test_nan_is_missing_and_an_infinity_is_kept_aside(workdir: Path) -> None:
     """`nan` (numpy's missing number) becomes null; `inf`, `-inf` and a number too large for a float are no
     usable value and their lines are rejected with the column named, on the fast path and the general one."""
