@@ -3,8 +3,10 @@
 Reads the metrics every training stage wrote (baselines, AutoFIS, the AIM search model, AIM retrain, the
 transfers), the gate files and the saved test predictions. Writes
 
-* ``metrics/evaluate.json``: the table (AUC, logloss, parameters, train time, inference time per 100k rows,
-  selection ratios) and, on the synthetic default, how many planted interactions the searches recovered;
+* ``metrics/evaluate.json``: the table (AUC with its standard error, logloss, parameters, train time, inference
+  time per 100k rows, selection ratios), each model's AUC difference from the AIM retrain with its paired standard
+  error and p-value (DeLong, ``aim/metrics.py``: the same test rows, so the models' errors are correlated), and, on
+  the synthetic default, how many planted interactions the searches recovered;
 * ``reports/evaluate/report.md`` with the same table, and PNGs: the gate matrix per function, kept
   functions per order, embedding size per field, ROC curves, gate against statistics_AUC per pair (Fig. 7).
 """
@@ -17,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from aim.data import CTRData
+from aim.metrics import auc_difference, delong
 from tasks import plots
 from tasks.common import GATES, METRICS, PREDICTIONS, REPORTS, read_json, stage_main, write_json
 from tasks.common import read_json_if_present as _load
@@ -57,6 +61,38 @@ def table(params: Params) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -(r["test_auc"] or 0))
 
 
+REFERENCE = "aim (retrain)"  # the model every other one is compared with
+PREDICTION_FILES = {"aim (search model)": "search_interaction", "aim (retrain)": "retrain"}  # else the model's name
+
+
+def test_predictions(rows: list[dict[str, Any]], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Each row's saved test probabilities (``reports/predictions``), where present and of this test split."""
+    out = {}
+    for r in rows:
+        path = PREDICTIONS / f"{PREDICTION_FILES.get(r['model'], r['model'])}.npy"
+        if path.exists() and len(p := np.load(path)) == len(labels):  # a stale file of other data: skip
+            out[r["model"]] = p
+    return out
+
+
+def significance(rows: list[dict[str, Any]], labels: np.ndarray, predictions: dict[str, np.ndarray]) -> None:
+    """Add each row's AUC standard error and, against the AIM retrain, the paired AUC difference (DeLong)."""
+    names = [r["model"] for r in rows if r["model"] in predictions]
+    if not names or labels.min() == labels.max() or min(labels.sum(), len(labels) - labels.sum()) < 2:
+        return
+    aucs, cov = delong(labels, np.stack([predictions[n] for n in names]))
+    # Predictions left by another run of the same split size give another AUC than the stage reported: not used.
+    by_name = {r["model"]: r for r in rows}
+    index = {n: i for i, n in enumerate(names) if abs(aucs[i] - by_name[n]["test_auc"]) < 1e-6}
+    for r in rows:
+        i = index.get(r["model"])
+        if i is None:
+            continue
+        r["test_auc_se"] = float(np.sqrt(cov[i, i]))
+        if REFERENCE in index and r["model"] != REFERENCE:
+            r["aim_retrain_minus_this"] = auc_difference(aucs, cov, index[REFERENCE], i)
+
+
 def recovery(gates: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
     """Planted interactions against kept field sets. A pair inside a planted triple carries real signal at
     order 2 too (the triple's marginal), so order-2 precision is given strictly and counting those pairs."""
@@ -83,12 +119,12 @@ def recovery(gates: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def figures(gates: dict[str, Any], embed: dict[str, Any] | None, planted: set[str]) -> list[Path]:
+def figures(gates: dict[str, Any], embed: dict[str, Any] | None, planted: set[str], fields: list,
+            splits: dict[str, CTRData]) -> list[Path]:
     """The PNGs of the report."""
     paths = [plots.gate_heatmaps(gates, OUT / "gates_heatmap.png"), plots.function_counts(gates, OUT / "functions.png")]
     if embed:
         paths.append(plots.embedding_sizes(embed, OUT / "embedding_sizes.png"))
-    fields, splits = load_encoded()
     labels = splits["test"].label.numpy()
     curves = {p.stem: (labels, np.load(p)) for p in sorted(PREDICTIONS.glob("*.npy"))}
     curves = {k: v for k, v in curves.items() if len(v[1]) == len(labels)}  # a stale file of other data: skip
@@ -121,11 +157,18 @@ def markdown(rows: list[dict[str, Any]], recovered: dict[str, Any], images: list
             return f"{v:.{digits}f}"
         return f"{v:,}" if isinstance(v, int) else str(v)
 
+    def versus(r: dict[str, Any]) -> str:
+        d = r.get("aim_retrain_minus_this")
+        return f"{d['difference']:+.4f} ± {d['se']:.4f} (p {d['p_value']:.2g})" if d else "–"
+
     lines = ["# Evaluation on the test split", "",
-             "| model | kind | test AUC | logloss | parameters | train s | inference s / 100k | order-2 kept | "
-             "interactions |", "|---|---|---|---|---|---|---|---|---|"]
+             "AUC se: DeLong's standard error. AIM retrain − it: the AIM retrain's AUC minus this model's, with the "
+             "standard error and two-sided p-value of that difference on the same test rows (DeLong).", "",
+             "| model | kind | test AUC | AUC se | AIM retrain − it | logloss | parameters | train s | "
+             "inference s / 100k | order-2 kept | interactions |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['kind']} | {fmt(r['test_auc'])} | {fmt(r['test_logloss'])} | "
+        lines.append(f"| {r['model']} | {r['kind']} | {fmt(r['test_auc'])} | {fmt(r.get('test_auc_se'))} | "
+                     f"{versus(r)} | {fmt(r['test_logloss'])} | "
                      f"{fmt(r['parameters'])} | {fmt(r['train_seconds'], 1)} | "
                      f"{fmt(r['inference_seconds_per_100k'], 3)} | {fmt(r['order2_selection_ratio'], 3)} | "
                      f"{fmt(r['interactions'])} |")
@@ -149,7 +192,10 @@ def run(params: Params) -> dict[str, Any]:
         if autofis:
             recovered["autofis"] = recovery(autofis, truth)
     planted = {"×".join(p) for p in (truth or {}).get("planted_pairs", [])}
-    images = figures(gates, _load(GATES / "embed.json"), planted)
+    fields, splits = load_encoded()
+    labels = splits["test"].label.numpy()
+    significance(rows, labels, test_predictions(rows, labels))
+    images = figures(gates, _load(GATES / "embed.json"), planted, fields, splits)
     result = {"models": rows, "recovered": recovered}
     write_json(METRICS / "evaluate.json", result)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -160,12 +206,20 @@ def run(params: Params) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     """The table as printed at the end of ``make run``."""
-    lines = ["model                  kind         test AUC  logloss  parameters  train s  inf s/100k  order-2 kept"]
+    lines = ["model                  kind         test AUC  ± se    p vs AIM  logloss  parameters  train s  "
+             "inf s/100k  order-2 kept"]
     for r in result["models"]:
         ratio = f"{r['order2_selection_ratio']:.3f}" if r.get("order2_selection_ratio") is not None else "–"
         inference = f"{r['inference_seconds_per_100k']:.3f}" if r.get("inference_seconds_per_100k") else "–"
-        lines.append(f"{r['model']:22s} {r['kind']:11s}  {r['test_auc']:.4f}   {r['test_logloss']:.4f}  "
-                     f"{r['parameters'] or 0:>10,}  {r['train_seconds'] or 0:>7.1f}  {inference:>10}  {ratio:>12}")
+        se = f"{r['test_auc_se']:.4f}" if r.get("test_auc_se") is not None else "–"
+        versus = r.get("aim_retrain_minus_this")
+        p = f"{versus['p_value']:.2g}" if versus else "–"
+        lines.append(f"{r['model']:22s} {r['kind']:11s}  {r['test_auc']:.4f}   {se:6s}  {p:>8}   "
+                     f"{r['test_logloss']:.4f}  {r['parameters'] or 0:>10,}  {r['train_seconds'] or 0:>7.1f}  "
+                     f"{inference:>10}  {ratio:>12}")
+    if any(r.get("aim_retrain_minus_this") for r in result["models"]):
+        lines.append("± se: the AUC's standard error; p vs AIM: the p-value of the AIM retrain's AUC difference "
+                     "from the model's, paired on the same test rows (DeLong)")
     for name, rec in result["recovered"].items():
         line = (f"{name}: planted pairs recovered {rec['pairs_recovered']}/{rec['planted_pairs']} "
                 f"(kept {rec['pairs_kept']} pairs: precision {rec['pair_precision'] or 0:.2f}, "

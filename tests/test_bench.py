@@ -25,4 +25,6 @@ def test_targets_compare_aim_with_every_baseline_and_autofis() -> None:
     rows[3] = _row("deepfm", "baseline", 0.805)
     missed = targets(rows)
     assert not missed["aim_above_every_baseline_and_autofis"] and not missed["paper_order_holds"]
-    assert missed["best_other"] == {"model": "deepfm", "test_auc": 0.805}
+    assert missed["best_other"] == {"model": "deepfm", "test_auc": 0.805, "aim_retrain_minus_this": None}
+    rows[3]["aim_retrain_minus_this"] = {"difference": -0.005, "se": 0.004, "p_value": 0.21}  # evaluate's DeLong
+    assert targets(rows)["best_other"]["aim_retrain_minus_this"]["p_value"] == 0.21

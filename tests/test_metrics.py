@@ -1,0 +1,67 @@
+"""aim.metrics: DeLong's AUCs and covariance against sklearn and against the definition's m x n comparisons."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from aim.metrics import auc_difference, delong
+
+
+def explicit_delong(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong et al. (1988) as written: psi over every (positive, negative) pair, then the components' covariance."""
+    pos, neg = scores[:, labels == 1], scores[:, labels == 0]
+    psi = (pos[:, :, None] > neg[:, None, :]) + 0.5 * (pos[:, :, None] == neg[:, None, :])  # [k, m, n]
+    v10, v01 = psi.mean(2), psi.mean(1)
+    return psi.mean((1, 2)), np.cov(v10) / pos.shape[1] + np.cov(v01) / neg.shape[1]
+
+
+def test_delong_matches_sklearn_and_the_explicit_form_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    signal = labels + rng.normal(0, 1.5, 300)
+    scores = np.stack([np.round(signal, 1), np.round(signal + rng.normal(0, 1, 300), 1), rng.integers(0, 3, 300)])
+    aucs, cov = delong(labels, scores)
+    assert aucs == pytest.approx([roc_auc_score(labels, s) for s in scores], abs=1e-12)
+    want_aucs, want_cov = explicit_delong(labels, scores)
+    assert aucs == pytest.approx(want_aucs, abs=1e-12)
+    assert cov == pytest.approx(want_cov, abs=1e-12)
+
+
+def test_a_difference_on_the_same_rows() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 4000)
+    signal = labels + rng.normal(0, 1, 4000)
+    scores = np.stack([signal, signal, signal + rng.normal(0, 0.05, 4000), labels + rng.normal(0, 2, 4000)])
+    aucs, cov = delong(labels, scores)
+    same = auc_difference(aucs, cov, 0, 1)
+    assert same == {"difference": 0.0, "se": 0.0, "p_value": 1.0}
+    close = auc_difference(aucs, cov, 0, 2)  # the same signal, a little noise: a tiny gap, not significant
+    assert abs(close["difference"]) < 0.003 and close["p_value"] > 0.01
+    far = auc_difference(aucs, cov, 0, 3)  # twice the noise: a real gap
+    assert far["difference"] > 0.1 and far["p_value"] < 1e-6
+    # Paired: the difference's error is far below what two independent AUCs' errors would add to.
+    assert close["se"] < 0.2 * np.sqrt(cov[0, 0] + cov[2, 2])
+
+
+def test_one_class_is_refused() -> None:
+    with pytest.raises(ValueError, match="two rows of each class"):
+        delong(np.array([1, 1, 1, 0]), np.array([[0.1, 0.2, 0.3, 0.4]]))
+
+
+def test_evaluate_adds_the_errors_and_skips_predictions_of_another_run() -> None:
+    from tasks.evaluate import REFERENCE, render, significance
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 2000)
+    predictions = {REFERENCE: labels + rng.normal(0, 1, 2000), "deepfm": labels + rng.normal(0, 1.2, 2000),
+                   "fm": labels + rng.normal(0, 3, 2000)}
+    rows = [{"model": name, "kind": "baseline", "test_auc": roc_auc_score(labels, p), "test_logloss": 0.5,
+             "parameters": 1, "train_seconds": 1.0} for name, p in predictions.items()]
+    rows[2]["test_auc"] += 0.01  # fm's stage reported another AUC: its saved predictions are of another run
+    significance(rows, labels, predictions)
+    aucs, cov = delong(labels, np.stack(list(predictions.values())))
+    assert rows[0]["test_auc_se"] == pytest.approx(np.sqrt(cov[0, 0])) and "aim_retrain_minus_this" not in rows[0]
+    assert rows[1]["aim_retrain_minus_this"] == auc_difference(aucs, cov, 0, 1)
+    assert "test_auc_se" not in rows[2] and "aim_retrain_minus_this" not in rows[2]
+    text = render({"models": rows, "recovered": {}})
+    assert f"{rows[1]['aim_retrain_minus_this']['p_value']:.2g}" in text.splitlines()[2] and "DeLong" in text
