@@ -588,6 +588,11 @@ def run(params: Params) -> dict[str, Any]:
     block_bytes = params.ingest.block_mb << 20
     INTERIM.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in spec.paths]
+    generated = Path(params.generate.out_dir).resolve()
+    for path in paths:  # the synthetic log is written by a stage of its own: say so
+        if not path.exists() and path.resolve().is_relative_to(generated):
+            raise StageError(f"{path}: input file not found; the generate stage writes it: run `dvc repro` (or "
+                             f"`python -m tasks.generate` first)")
     rejected: list[pl.DataFrame] = []
     reasons: Counter[str] = Counter()
     totals = {"lines": 0, "header_lines": 0, "rows_ok": 0}

@@ -227,8 +227,10 @@ def test_an_excel_export_with_a_byte_order_mark_and_crlf_reads_as_the_plain_file
 
 
 def test_missing_and_empty_files_stop(workdir: Path) -> None:
-    with pytest.raises(StageError, match=r"nope\.tsv: input file not found"):
+    with pytest.raises(StageError, match=r"nope\.tsv: input file not found$"):
         ingest.run(tiny_params(COLUMNS, workdir / "nope.tsv"))
+    with pytest.raises(StageError, match=r"clicks\.tsv: input file not found; the generate stage writes it"):
+        ingest.run(tiny_params(COLUMNS, Path("data/raw/synthetic/clicks.tsv")))  # the synthetic log, not generated
     (workdir / "empty.tsv").write_bytes(b"")
     with pytest.raises(StageError, match=r"empty\.tsv: input file is empty"):
         ingest.run(tiny_params(COLUMNS, workdir / "empty.tsv"))
