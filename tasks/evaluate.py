@@ -78,9 +78,12 @@ def test_predictions(rows: list[dict[str, Any]], labels: np.ndarray) -> dict[str
 def significance(rows: list[dict[str, Any]], labels: np.ndarray, predictions: dict[str, np.ndarray]) -> None:
     """Add each row's AUC standard error and, against the AIM retrain, the paired AUC difference (DeLong)."""
     names = [r["model"] for r in rows if r["model"] in predictions]
-    if not names or labels.min() == labels.max() or min(labels.sum(), len(labels) - labels.sum()) < 2:
+    if not names:
         return
-    aucs, cov = delong(labels, np.stack([predictions[n] for n in names]))
+    try:
+        aucs, cov = delong(labels, np.stack([predictions[n] for n in names]))
+    except ValueError:  # fewer than two rows of a class: no covariance to give
+        return
     # Predictions left by another run of the same split size give another AUC than the stage reported: not used.
     by_name = {r["model"]: r for r in rows}
     index = {n: i for i, n in enumerate(names) if abs(aucs[i] - by_name[n]["test_auc"]) < 1e-6}

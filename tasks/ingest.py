@@ -207,6 +207,24 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
     return [], []  # drop
 
 
+def line_checks(n: int, quote: str | None = None) -> list[tuple[pl.Expr, str, pl.Expr]]:
+    """The general path's checks of a line's shape (the columns ``undecodable``, ``line``, ``_n_fields`` and, with
+    ``quote``, ``_unbalanced``), in the order their reasons win."""
+    checks: list[tuple[pl.Expr, str, pl.Expr]] = [
+        (pl.col("undecodable"), "undecodable bytes", pl.lit("line is not valid UTF-8")),
+        (pl.col("line").str.strip_chars().str.len_bytes() == 0, EMPTY_LINE, pl.lit("")),
+    ]
+    if quote is not None:
+        checks.append((pl.col("_unbalanced"), UNBALANCED_QUOTES, pl.lit(unbalanced_detail(quote))))
+    checks.append((pl.col("_n_fields") != n, WRONG_COLUMN_COUNT,
+                   pl.format("{} fields, expected {}", pl.col("_n_fields"), pl.lit(n))))
+    return checks
+
+
+def unbalanced_detail(quote: str) -> str:
+    return f"a field opened with {quote} must close on its line"
+
+
 def parse_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, libfm: bool = False,
                 quote: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split and type a block's lines. Returns (typed rows with ``_line``, rejected lines with reasons).
@@ -224,12 +242,7 @@ def parse_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, l
         _parts=pl.col("line").str.split_exact(sep, n - 1),
     ).unnest("_parts")
     df = df.rename({f"field_{i}": name for i, name in enumerate(names)})
-    checks: list[tuple[pl.Expr, str, pl.Expr]] = [
-        (pl.col("undecodable"), "undecodable bytes", pl.lit("line is not valid UTF-8")),
-        (pl.col("line").str.strip_chars().str.len_bytes() == 0, EMPTY_LINE, pl.lit("")),
-        (pl.col("_n_fields") != n, WRONG_COLUMN_COUNT,
-         pl.format("{} fields, expected {}", pl.col("_n_fields"), pl.lit(n))),
-    ]
+    checks = line_checks(n)
     if libfm:  # keep the feature index of each `idx:val` token; the value of a one-hot token is ignored
         feature_cols = [c for c, s in columns.items() if s.kind != "label"]
         df = df.with_columns(_no_colon=pl.any_horizontal(~pl.col(c).str.contains(":", literal=True)
@@ -260,14 +273,7 @@ def parse_quoted_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep:
     df = lines.with_columns(_n_fields=pl.Series(counts, dtype=pl.Int64), _unbalanced=pl.Series(unbalanced),
                             **{name: pl.Series(values, dtype=pl.String) for name, values in zip(names, fields,
                                                                                                 strict=True)})
-    checks: list[tuple[pl.Expr, str, pl.Expr]] = [
-        (pl.col("undecodable"), "undecodable bytes", pl.lit("line is not valid UTF-8")),
-        (pl.col("line").str.strip_chars().str.len_bytes() == 0, EMPTY_LINE, pl.lit("")),
-        (pl.col("_unbalanced"), UNBALANCED_QUOTES, pl.lit(f"a field opened with {quote} must close on its line")),
-        (pl.col("_n_fields") != len(names), WRONG_COLUMN_COUNT,
-         pl.format("{} fields, expected {}", pl.col("_n_fields"), pl.lit(len(names)))),
-    ]
-    return type_fields(df, columns, checks, pl.col("line"))
+    return type_fields(df, columns, line_checks(len(names), quote), pl.col("line"))
 
 
 def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[tuple[pl.Expr, str, pl.Expr]],
@@ -376,7 +382,7 @@ def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[
             raw = raw_lines(line_numbers[bad].tolist())
             reasons = [EMPTY_LINE if not r.strip() else UNBALANCED_QUOTES if u else WRONG_COLUMN_COUNT
                        for r, u in zip(raw, unbalanced[bad], strict=True)]
-            details = {EMPTY_LINE: "", UNBALANCED_QUOTES: f"a field opened with {quote} must close on its line"}
+            details = {EMPTY_LINE: "", UNBALANCED_QUOTES: unbalanced_detail(quote) if quote else ""}
             shape_rejected = pl.DataFrame({
                 "line": line_numbers[bad],
                 "reason": reasons,

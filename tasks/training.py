@@ -72,10 +72,14 @@ def train_config(params: Params, overrides: dict[str, Any] | None = None, where:
     return TrainConfig(**section.model_dump(), seed=params.seed, progress=progress_enabled())
 
 
+def steps_per_epoch(config: TrainConfig, train_rows: int) -> int:
+    """Batches in one epoch over ``train_rows`` rows, the last one partial."""
+    return math.ceil(train_rows / config.batch_size)
+
+
 def search_steps(config: TrainConfig, train_rows: int) -> int:
-    """A search's length in steps: ``config.epochs`` epochs over ``train_rows`` rows, the last batch partial (a
-    search has no early stop)."""
-    return config.epochs * math.ceil(train_rows / config.batch_size)
+    """A search's length in steps: ``config.epochs`` epochs (a search has no early stop)."""
+    return config.epochs * steps_per_epoch(config, train_rows)
 
 
 def search_grda_c(grda: GRDASection, config: TrainConfig, train_rows: int, name: str) -> float:
@@ -183,7 +187,7 @@ def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData
     # The steps per epoch, because early stopping and the plateau decay act once an epoch: at 12 steps (48,000 rows
     # at batch 4,096) the decay at an early dip of the validation AUC ended DeepFM's training in docs/own_log.md
     # before its pair term grew; with train.min_epochs 10 it learned the log's interaction.
-    steps = math.ceil(len(splits["train"]) / config.batch_size)
+    steps = steps_per_epoch(config, len(splits["train"]))
     print(f"{name}: {net.num_parameters():,} parameters, {len(splits['train']):,} train rows, batch "
           f"{config.batch_size:,} ({steps:,} step{'s' if steps > 1 else ''} per epoch), device {trainer.device}, "
           f"{config.precision}", flush=True)
