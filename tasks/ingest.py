@@ -149,9 +149,12 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
     value = pl.when(raw.str.len_bytes() > 0).then(raw)  # empty field -> missing
     if spec.kind == "label":
         if spec.threshold is not None:
-            num = value.cast(pl.Float64, strict=False)
-            out = (num >= spec.threshold).cast(pl.Int8)
-            bad = num.is_null()
+            # NaN compares above every number in Polars, so `NaN >= 4` would be a click: a rating that is NaN or
+            # infinite has no label, and its line is kept aside. Spaces around the number are allowed, as in
+            # a numeric field.
+            num = raw.str.strip_chars(" ").cast(pl.Float64, strict=False)
+            bad = num.is_null() | num.is_nan() | num.is_infinite()
+            out = pl.when(~bad).then(num >= spec.threshold).cast(pl.Int8)
         else:
             mapping = {v: 1 for v in spec.positive or []} | {v: 0 for v in spec.negative or []}
             out = raw.replace_strict(mapping, default=None, return_dtype=pl.Int8)

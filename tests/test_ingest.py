@@ -244,9 +244,11 @@ def test_all_lines_rejected_stops(workdir: Path) -> None:
 
 def test_label_threshold_and_libfm(workdir: Path) -> None:
     path = workdir / "r.tsv"
-    path.write_text("5\ta\n3\tb\n4\tc\nfive\td\n")
+    path.write_text("5\ta\n3\tb\n4\tc\nfive\td\nNaN\te\nnan\tf\ninf\tg\n-inf\th\n\ti\n 4.5 \tj\n2.5\tk\n")
     m = ingest.run(tiny_params({"rating": {"kind": "label", "threshold": 4}, "C1": "categorical"}, path))
-    assert pl.read_parquet(ROWS)["label"].to_list() == [1, 0, 1] and m["rows_rejected"] == 1
+    # NaN compares above every number in Polars: a NaN rating must not become a click
+    assert pl.read_parquet(ROWS)["label"].to_list() == [1, 0, 1, 1, 0] and m["rows_rejected"] == 6
+    assert m["rejected_by_reason"] == {"label outside mapping": 6}
     path = workdir / "f.libfm"
     path.write_text("1 3:1 10:1\n-1 4:1 11:1\n1 5:1\n1 6 12:1\n")
     m = ingest.run(tiny_params({"label": {"kind": "label", "positive": ["1"], "negative": ["-1"]},
