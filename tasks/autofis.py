@@ -19,7 +19,7 @@ from tasks.training import MODELS_DIR, load_encoded, save_model
 
 def run(params: Params) -> dict[str, Any]:
     section = overlay(params.search, params.autofis, "autofis")
-    fields, splits = load_encoded()
+    fields, splits = load_encoded(params.dataset)
     gates, timings = search(params, section, fields, splits, "autofis_search", stage="autofis", key="autofis")
     write_json(GATES / "autofis.json", gates)
     summary, net = retrain(params, params.retrain, fields, splits, gates, None, "autofis",

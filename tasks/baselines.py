@@ -32,7 +32,7 @@ def run(params: Params, model: str) -> dict[str, Any]:
         known = sorted(params.baselines.models)
         raise ConfigError(f"params.yaml: baselines.models: no entry {model!r} (it has {known})")
     hparams = params.baselines.hyperparameters(model)
-    fields, splits = load_encoded()
+    fields, splits = load_encoded(params.dataset)
     torch.manual_seed(params.seed)  # the same params give the same initial weights
     try:
         net = build_model(model, fields, **hparams)

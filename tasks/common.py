@@ -17,6 +17,7 @@ from tasks.config import ConfigError, Params, load_params
 INTERIM = Path("data/interim")
 ROWS = INTERIM / "rows.parquet"
 REJECTED = INTERIM / "rejected.parquet"
+MANIFEST = INTERIM / "manifest.json"  # what ingest read (files, checksums) and wrote (columns), and for which dataset
 ENCODED = Path("data/encoded")
 SPLITS = ("train", "valid", "test")
 FEATURE_MAP = ENCODED / "feature_map.json"
@@ -34,6 +35,17 @@ LABEL = "label"
 
 class StageError(RuntimeError):
     """A stage cannot go on (bad input, failed gate). The message is what the user sees."""
+
+
+def check_same_dataset(path: Path, found: str | None, dataset: str) -> None:
+    """Refuse ``path``, an earlier stage's output, when it was made from another dataset than params.yaml's.
+
+    DVC reruns whatever a change of ``dataset`` invalidates, but a stage run alone (``python -m tasks.<stage>``)
+    would read what the last run of the stage before it left, quietly: rows of one log under another's spec.
+    """
+    if found is not None and found != dataset:
+        raise StageError(f"{path} was made from dataset {found!r}, but params.yaml has dataset {dataset!r}: run the "
+                         f"stages before this one again (dvc repro)")
 
 
 def split_path(split: str) -> Path:

@@ -37,6 +37,7 @@ from tasks.common import (
     FEATURE_MAP,
     FIRST_CODE,
     LABEL,
+    MANIFEST,
     METRICS,
     MISSING,
     OOV,
@@ -45,7 +46,9 @@ from tasks.common import (
     SPLITS,
     VOCAB,
     StageError,
+    check_same_dataset,
     progress_enabled,
+    read_json_if_present,
     split_path,
     stage_main,
     write_json,
@@ -266,6 +269,8 @@ def _oov_by_split(codes: np.ndarray | pa.Array, split: np.ndarray) -> np.ndarray
 def run(params: Params) -> dict[str, Any]:
     if not ROWS.exists():
         raise StageError(f"{ROWS} not found: run the ingest stage first (dvc repro ingest)")
+    manifest = read_json_if_present(MANIFEST)
+    check_same_dataset(ROWS, manifest and manifest.get("dataset"), params.dataset)
     ENCODED.mkdir(parents=True, exist_ok=True)
     fields = plan_fields(params.spec)
     if not fields:

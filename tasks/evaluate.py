@@ -195,7 +195,7 @@ def run(params: Params) -> dict[str, Any]:
         if autofis:
             recovered["autofis"] = recovery(autofis, truth)
     planted = {"×".join(p) for p in (truth or {}).get("planted_pairs", [])}
-    fields, splits = load_encoded()
+    fields, splits = load_encoded(params.dataset)
     labels = splits["test"].label.numpy()
     significance(rows, labels, test_predictions(rows, labels))
     images = figures(gates, _load(GATES / "embed.json"), planted, fields, splits)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from tasks.common import (
     INTERIM,
     LABEL,
+    MANIFEST,
     METRICS,
     REJECTED,
     ROWS,
@@ -640,11 +641,16 @@ def run(params: Params) -> dict[str, Any]:
         "header_lines": totals["header_lines"],
     }
     if totals["rows_ok"] == 0:
+        # Nothing of an earlier run may stay behind for a stage run alone to read as this log's: the rows and
+        # the metrics go, and the rejected lines are kept, for the user to look at.
+        for stale in (ROWS, MANIFEST, METRICS / "ingest.json"):
+            stale.unlink(missing_ok=True)
+        pl.concat(rejected).cast(REJECTED_SCHEMA).write_parquet(REJECTED)  # type: ignore[arg-type]
         first = next((b.row(0, named=True) for b in rejected if b.height), None)
         example = f"; line {first['line']} of {first['file']}: {first['reason']}" if first else ""
         example += f": {first['detail']}" if first and first["detail"] else ""
         raise StageError(f"no usable rows in {[str(p) for p in paths]}: all {rows_rejected} lines rejected "
-                         f"({dict(reasons.most_common(3))}){example}")
+                         f"({dict(reasons.most_common(3))}){example} (every line is in {REJECTED})")
     if post_process:
         table_rows = pl.concat(kept)
         if spec.implicit:
@@ -664,7 +670,8 @@ def run(params: Params) -> dict[str, Any]:
         schema = pl.read_parquet_schema(ROWS)
     result["rows_out"] = rows_out
     # What was read and what came out, for people and for validate; metrics stay numeric for `dvc exp show`.
-    write_json(INTERIM / "manifest.json", {"files": files, "columns": {k: str(v) for k, v in schema.items()}})
+    write_json(MANIFEST, {"dataset": params.dataset, "files": files,
+                                           "columns": {k: str(v) for k, v in schema.items()}})
     pl.concat(rejected).cast(REJECTED_SCHEMA).write_parquet(REJECTED)  # type: ignore[arg-type]
     write_json(METRICS / "ingest.json", result)
     print(f"ingest: {result['rows_in']:,} lines -> {rows_out:,} rows ({rows_rejected:,} rejected"

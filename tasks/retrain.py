@@ -80,7 +80,7 @@ def retrain(params: Params, section: RetrainConfig, fields: list[FieldSpec], spl
 
 
 def run(params: Params) -> dict[str, Any]:
-    fields, splits = load_encoded()
+    fields, splits = load_encoded(params.dataset)
     gates = read_json(GATES / "interaction.json")
     embed = read_json(GATES / "embed.json")
     names = [f.name for f in fields]

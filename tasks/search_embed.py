@@ -23,7 +23,7 @@ from tasks.training import from_records, load_encoded, search_grda_c, train_and_
 
 def run(params: Params) -> dict[str, Any]:
     section = params.search_embed
-    fields, splits = load_encoded()
+    fields, splits = load_encoded(params.dataset)
     names = [f.name for f in fields]
     gates = read_json(GATES / "interaction.json")
     interactions = from_records(gates["interactions"], names, GATES / "interaction.json")

@@ -148,7 +148,7 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
 
 
 def run(params: Params) -> dict[str, Any]:
-    fields, splits = load_encoded()
+    fields, splits = load_encoded(params.dataset)
     record, timings = search(params, params.search, fields, splits, "search_interaction")
     write_json(GATES / "interaction.json", record)
     metrics = {

@@ -29,6 +29,7 @@ from tasks.common import (
     REPORTS,
     SPLITS,
     StageError,
+    check_same_dataset,
     progress_enabled,
     read_json,
     split_path,
@@ -53,9 +54,12 @@ def load_fields(feature_map: dict[str, Any]) -> list[FieldSpec]:
     ]
 
 
-def load_encoded() -> tuple[list[FieldSpec], dict[str, CTRData]]:
-    """The fields and the train/valid/test tensors, built once from ``data/encoded``."""
+def load_encoded(dataset: str | None = None) -> tuple[list[FieldSpec], dict[str, CTRData]]:
+    """The fields and the train/valid/test tensors, built once from ``data/encoded``; given ``dataset``
+    (params.yaml's), encoded from that dataset."""
     feature_map = read_json(FEATURE_MAP)
+    if dataset is not None:
+        check_same_dataset(FEATURE_MAP, feature_map.get("dataset"), dataset)
     fields = load_fields(feature_map)
     splits = {}
     for split in SPLITS:

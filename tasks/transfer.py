@@ -33,7 +33,7 @@ def run(params: Params, model: str) -> dict[str, Any]:
     if model not in params.transfer.models:
         raise ConfigError(f"params.yaml: transfer.models: no entry {model!r} (it has {sorted(params.transfer.models)})")
     hparams = params.transfer.hyperparameters(model)
-    fields, splits = load_encoded()
+    fields, splits = load_encoded(params.dataset)
     gates = read_json(GATES / "interaction.json")
     interactions = from_records(gates["interactions"], [f.name for f in fields], GATES / "interaction.json")
     torch.manual_seed(params.seed)

@@ -33,6 +33,7 @@ from tasks.common import (
     ROWS,
     SPLITS,
     StageError,
+    check_same_dataset,
     read_json,
     split_path,
     stage_main,
@@ -202,7 +203,10 @@ def describe_failure(r: dict[str, Any]) -> str:
 def run(params: Params) -> dict[str, Any]:
     ingest = read_json(METRICS / "ingest.json")
     encode = read_json(METRICS / "encode.json")
-    fields = read_json(FEATURE_MAP)["fields"]
+    feature_map = read_json(FEATURE_MAP)
+    check_same_dataset(METRICS / "ingest.json", ingest.get("dataset"), params.dataset)
+    check_same_dataset(FEATURE_MAP, feature_map.get("dataset"), params.dataset)
+    fields = feature_map["fields"]
     tolerance = params.validate_.positive_ratio_tolerance
     train_ratio = float(encode["positive_ratio"]["train"])
     for path in [ROWS, *(split_path(s) for s in SPLITS)]:

@@ -128,3 +128,34 @@ def test_constant_and_empty_fields_are_named(workdir: Path, capsys: pytest.Captu
     (workdir / "log.tsv").write_text("\n".join(rows) + "\n")
     ingest.run(params)
     assert encode.run(params)["uninformative_fields"] == ["E", "R"]
+
+
+def test_a_stage_run_alone_refuses_the_outputs_of_another_dataset(workdir: Path) -> None:
+    """`python -m tasks.<stage>` after a change of `dataset` reads what the last run left: it must say so, and an
+    ingest that fails leaves nothing of the earlier dataset behind."""
+    from tasks import validate
+    from tasks.common import METRICS, REJECTED, ROWS
+    from tasks.config import parse_params
+    from tasks.training import load_encoded
+
+    write_log(workdir / "log.tsv")
+    run_both(tiny_params(COLUMNS, workdir / "log.tsv"))  # dataset "t"
+    (workdir / "bad.tsv").write_text("x\ny\n")
+    specs = {"t": {"paths": [str(workdir / "log.tsv")], "format": "tsv", "columns": COLUMNS},
+             "u": {"paths": [str(workdir / "bad.tsv")], "format": "tsv", "columns": COLUMNS}}
+    other = parse_params({"dataset": "u", "datasets": specs})
+    stale = "made from dataset 't', but params.yaml has dataset 'u'"
+    with pytest.raises(StageError, match=f"rows.parquet was {stale}"):
+        encode.run(other)
+    with pytest.raises(StageError, match=f"ingest.json was {stale}"):
+        validate.run(other)
+    with pytest.raises(StageError, match=f"feature_map.json was {stale}"):
+        load_encoded("u")
+    assert load_encoded("t")[0]  # its own dataset loads
+
+    with pytest.raises(StageError, match=f"all 2 lines rejected.*every line is in {REJECTED}"):
+        ingest.run(other)
+    assert not ROWS.exists() and not (METRICS / "ingest.json").exists()
+    assert pl.read_parquet(REJECTED)["raw"].to_list() == ["x", "y"]
+    with pytest.raises(StageError, match="rows.parquet not found"):
+        encode.run(other)
