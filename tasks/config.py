@@ -256,6 +256,7 @@ class EncodeConfig(Strict):
 
 class ValidateConfig(Strict):
     positive_ratio_tolerance: Annotated[float, Field(gt=0, le=1)] = 0.05
+    max_rejected_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
 
 
 class TrainSection(Strict):

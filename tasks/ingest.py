@@ -215,7 +215,8 @@ def line_checks(n: int, quote: str | None = None) -> list[tuple[pl.Expr, str, pl
     """The general path's checks of a line's shape (the columns ``undecodable``, ``line``, ``_n_fields`` and, with
     ``quote``, ``_unbalanced``), in the order their reasons win."""
     checks: list[tuple[pl.Expr, str, pl.Expr]] = [
-        (pl.col("undecodable"), "undecodable bytes", pl.lit("line is not valid UTF-8")),
+        (pl.col("undecodable"), "undecodable bytes",
+         pl.lit("line is not valid UTF-8 (a Latin-1 or Windows export? set the dataset's `encoding: latin1`)")),
         (pl.col("line").str.strip_chars().str.len_bytes() == 0, EMPTY_LINE, pl.lit("")),
     ]
     if quote is not None:

@@ -29,6 +29,7 @@ from tasks.common import (
     FEATURE_MAP,
     LABEL,
     METRICS,
+    REJECTED,
     REPORTS,
     ROWS,
     SPLITS,
@@ -73,6 +74,19 @@ def interim_asset(rows_out: int) -> tuple[pl.DataFrame, list[Check]]:
         ("ExpectTableRowCountToEqual", {"value": rows_out}, f"interim: row count equals ingest's {rows_out}"),
     ]
     return df, checks
+
+
+def rejected_asset(spec_paths: list[str], rows_in: int, max_fraction: float) -> tuple[pl.DataFrame, list[Check]]:
+    """The log's rejected lines (side tables' are counted apart, under ingest's `joins`), at most a share of it.
+
+    Each rejected line is kept with its reason, but the rows that remain can be a biased rest: a Latin-1 file
+    read as UTF-8 loses exactly the rows with accented values, a label spelled two ways loses one spelling's.
+    """
+    files = [str(Path(p)) for p in spec_paths]  # as ingest names them
+    df = pl.read_parquet(REJECTED, columns=["file"]).filter(pl.col("file").is_in(files))
+    allowed = math.floor(max_fraction * rows_in)
+    return df, [("ExpectTableRowCountToBeBetween", {"min_value": 0, "max_value": allowed},
+                 f"ingest: rejected lines at most {max_fraction:.0%} of the {rows_in:,} read ({allowed:,})")]
 
 
 def split_asset(
@@ -213,7 +227,9 @@ def run(params: Params) -> dict[str, Any]:
         if not Path(path).exists():
             raise StageError(f"{path} not found: run the stage that writes it first (dvc repro)")
 
-    assets = {"interim": interim_asset(int(ingest["rows_out"]))}
+    assets = {"interim": interim_asset(int(ingest["rows_out"])),
+              "rejected": rejected_asset(params.spec.paths, int(ingest["rows_in"]),
+                                         params.validate_.max_rejected_fraction)}
     for split in SPLITS:
         assets[split] = split_asset(split, fields, int(encode["rows"][split]), train_ratio, tolerance)
     results = run_gx(assets)
@@ -238,6 +254,11 @@ def run(params: Params) -> dict[str, Any]:
     write_json(METRICS_FILE, metrics)
 
     if failures:
+        if any(name.startswith("ingest: rejected") for name in failures):
+            reasons = ", ".join(f"{reason} {count:,}" for reason, count in sorted(
+                ingest.get("rejected_by_reason", {}).items(), key=lambda item: -item[1])[:4])
+            details.append(f"the rejected lines ({reasons}) are in {REJECTED} with their reasons; if they are "
+                           f"expected, raise validate.max_rejected_fraction")
         lines = "\n".join(f"  {d}" for d in details)
         raise StageError(
             f"validation failed: {len(failures)} of {evaluated} expectations "

@@ -42,6 +42,7 @@ def test_each_bad_line_gets_its_reason(workdir: Path) -> None:
     assert m["rejected_by_reason"]["wrong column count"] == 1
     assert rejected.filter(pl.col("line") == 3)["detail"][0] == "4 fields, expected 5"
     assert rejected.filter(pl.col("line") == 6)["raw"][0] == "1\t3\t\\xff\\xfeb\t14102100\tx"  # bytes kept, escaped
+    assert "set the dataset's `encoding: latin1`" in rejected.filter(pl.col("line") == 6)["detail"][0]
     assert rejected["file"].unique().to_list() == [str(path)]
     rows = pl.read_parquet(ROWS)
     assert rows["label"].to_list() == [1, 0, 0]

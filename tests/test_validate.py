@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from tasks import validate
-from tasks.common import FEATURE_MAP, METRICS, ROWS, StageError, split_path, write_json
+from tasks.common import FEATURE_MAP, METRICS, REJECTED, ROWS, StageError, split_path, write_json
 from tasks.config import Params, parse_params
 
 FIELDS = [
@@ -20,11 +20,11 @@ FIELDS = [
     {"name": "tags", "kind": "multi_valued", "vocab_size": 8},
 ]
 SIZES = {"train": 200, "valid": 100, "test": 200}
-# interim: 5 checks; each split: 5 (label x3, rows, ratio) + 2 per single-valued field + 3 for the list field
-EXPECTED_CHECKS = 5 + 3 * (5 + 2 + 2 + 3)
+# interim: 5 checks; rejected: 1; each split: 5 (label x3, rows, ratio) + 2 per single-valued field + 3 for the list
+EXPECTED_CHECKS = 5 + 1 + 3 * (5 + 2 + 2 + 3)
 
 
-def params(tolerance: float = 0.05) -> Params:
+def params(tolerance: float = 0.05, max_rejected: float = 0.5) -> Params:
     return parse_params(
         {
             "dataset": "t",
@@ -38,7 +38,7 @@ def params(tolerance: float = 0.05) -> Params:
                     },
                 }
             },
-            "validate": {"positive_ratio_tolerance": tolerance},
+            "validate": {"positive_ratio_tolerance": tolerance, "max_rejected_fraction": max_rejected},
         }
     )
 
@@ -74,7 +74,11 @@ def write_fixtures(edit: Edit | None = None) -> None:
     )
     ROWS.parent.mkdir(parents=True, exist_ok=True)
     interim.write_parquet(ROWS)
-    write_json(METRICS / "ingest.json", {"rows_ok": 5, "rows_out": 5})
+    # 9 lines read, 4 kept aside; and 1 line of a side table's (not counted against the log)
+    write_json(METRICS / "ingest.json", {"rows_in": 9, "rows_ok": 5, "rows_rejected": 4, "rows_out": 5,
+                                         "rejected_by_reason": {"wrong column count": 3, "empty line": 1}})
+    pl.DataFrame({"file": ["x.tsv"] * 4 + ["side.tsv"], "line": [1, 2, 3, 4, 1], "reason": ["r"] * 5,
+                  "detail": [""] * 5, "raw": [""] * 5}).write_parquet(REJECTED)
 
     schema = {"label": pl.Int8, "C1": pl.Int32, "I1": pl.Int32, "tags": pl.List(pl.Int32)}
     split_path("train").parent.mkdir(parents=True, exist_ok=True)
@@ -103,10 +107,10 @@ def test_clean_inputs_pass_and_write_every_report(
 
     assert metrics["success"] is True
     assert metrics["evaluated"] == EXPECTED_CHECKS and metrics["failed"] == 0 and metrics["failures"] == []
-    assert set(metrics["per_asset"]) == {"interim", "train", "valid", "test"}
+    assert set(metrics["per_asset"]) == {"interim", "rejected", "train", "valid", "test"}
     assert json.loads(validate.METRICS_FILE.read_text()) == metrics
     results = json.loads(validate.RESULTS.read_text())
-    assert set(results) == {"interim", "train", "valid", "test"}
+    assert set(results) == {"interim", "rejected", "train", "valid", "test"}
     assert all(r["success"] for r in results.values())
     assert (validate.DATA_DOCS / "index.html").exists()
     assert f"validate: {EXPECTED_CHECKS}/{EXPECTED_CHECKS} expectations passed" in capsys.readouterr().out
@@ -168,3 +172,18 @@ def test_multi_valued_code_out_of_range_fails(three_failures: str) -> None:
     line = "valid: tags largest code per row within vocabulary [0, 8) (unexpected: 1 rows, e.g. 8)"
     assert line in three_failures
     assert "tags smallest" not in three_failures
+
+
+def test_too_many_rejected_lines_fail_with_their_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rejected line is kept, but the rows left can be a biased rest (a Latin-1 log read as UTF-8 loses the
+    accented rows): past `max_rejected_fraction` of the log's lines the gate stops. The side table's line does
+    not count: 4 of 9 pass at 0.5 (above) and fail at 0.4 (at most 3)."""
+    monkeypatch.chdir(tmp_path)
+    write_fixtures()
+    with pytest.raises(StageError) as err:
+        validate.run(params(max_rejected=0.4))
+    message = str(err.value)
+    assert "validation failed: 1 of" in message
+    assert "ingest: rejected lines at most 40% of the 9 read (3) (observed: 4)" in message
+    assert (f"the rejected lines (wrong column count 3, empty line 1) are in {REJECTED} with their reasons; "
+            "if they are expected, raise validate.max_rejected_fraction") in message
