@@ -20,7 +20,7 @@ from aim.data import CTRData, FieldSpec
 from aim.models import build_model
 from aim.search import GRDA, Interaction, all_pairs, combine, kept, top_k
 from tasks import tracking
-from tasks.common import GATES, METRICS, stage_main, write_json
+from tasks.common import GATES, METRICS, StageError, stage_main, write_json
 from tasks.config import Params, SearchConfig
 from tasks.training import (
     load_encoded,
@@ -80,6 +80,9 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
     params section that sets ``section`` (named in warnings)."""
     names = [f.name for f in fields]
     n = len(fields)
+    if n < 2:  # an interaction needs two fields: there is nothing to search, and no search model to report
+        raise StageError(f"{stage}: the encoded data has {n} field{'s' * (n != 1)} ({', '.join(names) or 'none'}): "
+                         f"searching interactions needs at least 2; add feature columns to the dataset's spec")
     k = section.top_k or max(n // 2, 1)
     functions = section.searched_functions
     config = train_config(params, section.train, f"{name}.train")

@@ -106,3 +106,13 @@ def test_a_search_that_closes_no_gate_or_every_gate_says_so(tmp_path: Path, monk
     out = capsys.readouterr().out
     assert gates["orders"]["2"]["kept"] == 0 and gates["interactions"] == []
     assert "autofis_search: warning: order 2 kept none of 325 candidates" in out and "lower autofis.grda.c" in out
+
+
+def test_a_log_with_one_feature_field_is_refused_by_name() -> None:
+    """One field has no pair: the search says so instead of failing inside its loop."""
+    from tasks.common import StageError
+    from tasks.search_interaction import search
+
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(StageError, match=r"search_interaction: the encoded data has 1 field \(site\): .*at least 2"):
+        search(params, params.search, [FieldSpec("site", 5)], {}, "search_interaction")
