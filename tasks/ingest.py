@@ -76,6 +76,79 @@ def count_byte(block: bytes, value: int) -> int:
     return total
 
 
+# What a file's first bytes say it is, where the reader cannot read it as text: (magic, what it is, what to do).
+_NOT_TEXT = [
+    (b"PAR1", "a Parquet file", "set the dataset's `format: parquet`"),
+    (b"BZh", "bzip2-compressed", "decompress it (`bunzip2 -k FILE`) or recompress it with gzip, which ingest reads"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it (`unxz -k FILE`) or recompress it with gzip, which ingest reads"),
+    (b"(\xb5/\xfd", "zstd-compressed", "decompress it (`unzstd FILE`) or recompress it with gzip, which ingest reads"),
+    (b"PK\x03\x04", "a zip archive", "unzip it and list the log inside it in `paths`"),
+]
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(path: Path) -> bool:
+    """Read as gzip by its first bytes, whatever its name says (`log.csv` may be gzip, `log.gz` may not)."""
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def check_readable_as_text(path: Path) -> None:
+    """Stop on a file that is binary by its first bytes, saying what it is, instead of rejecting its "lines"."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for magic, what, todo in _NOT_TEXT:
+        if head.startswith(magic):
+            raise StageError(f"{path}: the file is {what}, not a text log: {todo}".replace("FILE", path.name))
+
+
+def read_parquet_file(path: Path, columns: dict[str, ColumnSpec], sep: str, block_rows: int,
+                      ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
+    """A Parquet log as ``read_table`` yields a text log's blocks, ``block_rows`` rows at a time.
+
+    The spec's columns are taken by name (others are ignored) and written as the text reader would see them, so
+    every field is typed and checked by the same expressions: numbers as their text, a list as its items joined
+    by the field's separator, a datetime in the column's ``time_format`` (time zones converted to UTC), booleans as
+    ``true``/``false``. A row's "line" is its row number in the file; its raw text is the row as JSON.
+    """
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise StageError(f"{path}: not a readable Parquet file ({err})") from err
+    schema = parquet.schema_arrow
+    missing = [name for name in columns if name not in schema.names]
+    if missing:
+        raise StageError(f"{path}: the dataset spec's columns {missing} are not in the file, which has "
+                         f"{schema.names}")
+    total, size, first = max(parquet.metadata.num_rows, 1), path.stat().st_size, 1
+    for batch in parquet.iter_batches(batch_size=block_rows, columns=list(columns)):
+        df = pl.DataFrame(pl.from_arrow(batch))
+        as_text = []
+        for name, spec in columns.items():
+            dtype = df.schema[name]
+            column = pl.col(name)
+            if isinstance(dtype, pl.List | pl.Array):
+                column = column.cast(pl.List(pl.String)).list.join(spec.separator or sep)
+            elif isinstance(dtype, pl.Datetime) and spec.kind == "timestamp":
+                if dtype.time_zone is not None:
+                    column = column.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+                if spec.time_format in ("unix", "unix_ms"):
+                    column = column.dt.epoch("s" if spec.time_format == "unix" else "ms").cast(pl.String)
+                else:
+                    column = column.dt.strftime(spec.time_format)
+            elif dtype in (pl.Binary, pl.Object) or isinstance(dtype, pl.Struct):
+                raise StageError(f"{path}: column {name!r} is {dtype}, which has no text form to read as "
+                                 f"{spec.kind}")
+            else:
+                column = column.cast(pl.String)
+            as_text.append(column.alias(name))
+        df = df.select(*as_text).with_columns(_line=pl.int_range(first, first + pl.len(), dtype=pl.Int64))
+        rows, rejected = type_fields(df, columns, [], pl.struct(list(columns)).struct.json_encode())
+        rejected = rejected.with_columns(file=pl.lit(str(path))).select(list(REJECTED_SCHEMA))
+        yield rows, rejected, {"lines": df.height, "header_lines": 0, "bytes": size * df.height // total}
+        first += df.height
+
+
 def iter_blocks(path: Path, block_bytes: int, digest: Any = None) -> Iterator[tuple[bytes, int, int]]:
     """Yield (bytes of whole lines, number of the block's first line, its number of lines); gzip is read
     transparently. Lines are counted once, here (a count is a full scan of the block).
@@ -83,7 +156,7 @@ def iter_blocks(path: Path, block_bytes: int, digest: Any = None) -> Iterator[tu
     ``digest`` (a hashlib object), if given, is fed every byte as it is read, from a second thread (hashlib
     releases the GIL): the input's checksum costs no second read of the file and little wall time.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
+    opener = gzip.open if is_gzip(path) else open
     first_line, hashing = 1, None
     with opener(path, "rb") as f, ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
         while block := f.read(block_bytes):
@@ -452,18 +525,25 @@ def strip_byte_order_mark(path: Path, block: bytes, encoding: str) -> bytes:
 
 def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, header: bool | str,
                encoding: str, libfm: bool, block_bytes: int, checksums: dict[str, str] | None = None,
-               quote: str | None = None) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
+               quote: str | None = None, parquet: bool = False) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
     """Parse files block by block: yields (typed rows, rejected lines, counts) per block. Given
     ``checksums``, each file's sha256 is put there once the file has been read; given ``quote``, fields may be
-    quoted with it."""
+    quoted with it; ``parquet``: the files are Parquet (``read_parquet_file``)."""
     for path in paths:
         if not path.exists():
             raise StageError(f"{path}: input file not found")
         if path.stat().st_size == 0:
             raise StageError(f"{path}: input file is empty")
+        if parquet:
+            # about 64 bytes of text a row: a block of rows holds about what a block of text does
+            yield from read_parquet_file(path, columns, sep, max(block_bytes // 64, 1024))
+            if checksums is not None:
+                checksums[str(path)] = _sha256(path)
+            continue
+        check_readable_as_text(path)
         first_block = True
         # A gzip file's checksum is of the file as stored, so it cannot come from the decompressed blocks.
-        digest = hashlib.sha256() if checksums is not None and path.suffix != ".gz" else None
+        digest = hashlib.sha256() if checksums is not None and not is_gzip(path) else None
         for block, first_line, n_lines in iter_blocks(path, block_bytes, digest):
             size, header_lines = len(block), 0
             if first_block:
@@ -490,7 +570,8 @@ def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, head
 
 def raw_bytes(paths: list[Path]) -> int | None:
     """The raw bytes a progress bar over ``paths`` counts to; None where a file is gzip (its size is unknown)."""
-    return None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths if p.exists())
+    return None if any(p.exists() and is_gzip(p) for p in paths) else sum(p.stat().st_size for p in paths
+                                                                            if p.exists())
 
 
 def sample_negatives(rows: pl.DataFrame, spec: DatasetSpec, seed: int) -> pl.DataFrame:
@@ -615,7 +696,8 @@ def run(params: Params) -> dict[str, Any]:
     progress = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", disable=not progress_enabled())
     checksums: dict[str, str] = {}
     for rows, bad, counts in read_table(paths, spec.columns, spec.sep, spec.header, spec.encoding,
-                                        spec.format == "libfm", block_bytes, checksums, spec.quote):
+                                        spec.format == "libfm", block_bytes, checksums, spec.quote,
+                                        spec.format == "parquet"):
         progress.update(counts["bytes"])
         totals["lines"] += counts["lines"]
         totals["header_lines"] += counts["header_lines"]

@@ -102,7 +102,8 @@ def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabell
     try:
         for path in paths:  # one file at a time, so each row knows its file
             for rows, bad, counts in read_table([path], columns, spec.sep, spec.header, spec.encoding,
-                                                spec.format == "libfm", block_bytes, quote=spec.quote):
+                                                spec.format == "libfm", block_bytes, quote=spec.quote,
+                                                parquet=spec.format == "parquet"):
                 progress.update(counts["bytes"])
                 rejected.append(bad)
                 if rows.height == 0:

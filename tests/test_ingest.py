@@ -256,3 +256,54 @@ def test_label_threshold_and_libfm(workdir: Path) -> None:
                                 "f0": "categorical", "f1": "categorical"}, path, format="libfm"))
     assert pl.read_parquet(ROWS).select("f0", "f1").rows() == [("3", "10"), ("4", "11")]
     assert m["rejected_by_reason"] == {"libfm token without ':'": 1, "wrong column count": 1}
+
+
+def test_a_parquet_log_reads_as_its_text_would(workdir: Path) -> None:
+    """`format: parquet`: the spec's columns by name (others ignored), typed by the same checks as text: native
+    numbers, lists, booleans and zoned datetimes; a bad row is kept aside with its row number and the row as JSON."""
+    from datetime import datetime, timezone
+
+    path = workdir / "log.parquet"
+    pl.DataFrame({
+        "unused": [1, 2, 3, 4],
+        "clicked": [True, False, True, None],
+        "price": [1.5, float("nan"), float("inf"), 2.0],
+        "site": ["a", None, "b", "c"],
+        "ts": [datetime(2024, 3, 1, 14, 30, tzinfo=timezone.utc)] * 4,
+        "tags": [["x", "y"], [], ["z"], ["x"]],
+    }).with_columns(pl.col("ts").dt.convert_time_zone("Europe/Berlin")).write_parquet(path)
+    columns = {"clicked": {"kind": "label", "positive": ["true"], "negative": ["false"]}, "price": "numeric",
+               "site": "categorical", "ts": {"kind": "timestamp", "time_format": "unix", "derive": ["hour"]},
+               "tags": {"kind": "multi_valued", "separator": "|"}}
+    m = ingest.run(tiny_params(columns, path, format="parquet"))
+    assert m["rows_in"] == 4 and m["rows_ok"] == 2
+    rows = pl.read_parquet(ROWS)
+    assert rows["label"].to_list() == [1, 0] and rows["site"].to_list() == ["a", None]
+    assert rows["price"].to_list() == [1.5, None]  # NaN is missing, as in text
+    assert rows["ts"].dt.hour().to_list() == [14, 14]  # the instant, in UTC, as a unix-seconds log gives it
+    assert rows["tags"].to_list() == [["x", "y"], []]
+    rejected = pl.read_parquet(REJECTED).sort("line")
+    assert rejected["line"].to_list() == [3, 4]
+    assert rejected["reason"].to_list() == ["infinite value in price", "label outside mapping"]
+    assert json.loads(rejected["raw"][0])["site"] == "b"
+
+    with pytest.raises(StageError, match=r"log.parquet: the dataset spec's columns \['cost'\] are not in the file"):
+        ingest.run(tiny_params({"clicked": columns["clicked"], "cost": "numeric"}, path, format="parquet"))
+
+
+@pytest.mark.parametrize(("magic", "what"), [(b"PAR1", "a Parquet file.*format: parquet"),
+                                             (b"BZh91AY&SY", "bzip2-compressed.*bunzip2 -k log.tsv"),
+                                             (b"PK\x03\x04", "a zip archive")])
+def test_a_binary_file_read_as_text_is_named(workdir: Path, magic: bytes, what: str) -> None:
+    path = workdir / "log.tsv"
+    path.write_bytes(magic + b"\x00\x01binary\n" * 3)
+    with pytest.raises(StageError, match=f"log.tsv: the file is {what}"):
+        ingest.run(tiny_params(COLUMNS, path))
+
+
+def test_gzip_is_known_by_its_bytes_not_its_name(workdir: Path) -> None:
+    import gzip
+
+    path = workdir / "log.tsv"  # gzip without the .gz suffix, as some exporters name it
+    path.write_bytes(gzip.compress(b"1\t3\ta\t14102100\tx\n0\t4\tb\t14102101\ty\n"))
+    assert ingest.run(tiny_params(COLUMNS, path))["rows_ok"] == 2
