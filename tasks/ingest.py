@@ -134,6 +134,8 @@ def read_parquet_file(path: Path, columns: dict[str, ColumnSpec], sep: str, bloc
                     column = column.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
                 if spec.time_format in ("unix", "unix_ms"):
                     column = column.dt.epoch("s" if spec.time_format == "unix" else "ms").cast(pl.String)
+                elif spec.time_format == "iso8601":
+                    column = column.dt.strftime("%Y-%m-%dT%H:%M:%S%.f")
                 else:
                     column = column.dt.strftime(spec.time_format)
             elif dtype in (pl.Binary, pl.Object) or isinstance(dtype, pl.Struct):
@@ -258,8 +260,10 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
     if spec.kind == "timestamp":
         checks: list[tuple[pl.Expr, str, pl.Expr]] = []
         if spec.time_format in ("unix", "unix_ms"):
-            number = value.cast(pl.Int64, strict=False)
-            ts = pl.from_epoch(number, time_unit="s" if spec.time_format == "unix" else "ms")
+            # A fraction is kept (time.time() and pandas write `1709300000.25`, or `1.709649e+09`)
+            number = value.str.strip_chars(" ").cast(pl.Float64, strict=False)
+            per_unit = 1e6 if spec.time_format == "unix" else 1e3
+            ts = pl.from_epoch((number * per_unit).round(0).cast(pl.Int64, strict=False), time_unit="us")
             # Milliseconds read as seconds are dates after the year 50,000, and seconds read as milliseconds fall
             # in January 1970: both parse, so the mix-up would pass silently into the hour and weekday fields.
             if spec.time_format == "unix":
@@ -270,6 +274,8 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
                                                       "(time_format: unix)"
             checks.append((number.is_not_null() & wrong, f"timestamp out of range in {name}",
                            pl.format("{} = '{}' is {}", pl.lit(name), raw, pl.lit(hint))))
+        elif spec.time_format == "iso8601":
+            ts = iso8601(value)
         else:
             fmt, text = spec.time_format, value
             if "%H" in fmt and "%M" not in fmt:  # Polars wants minutes whenever hours are parsed
@@ -282,6 +288,20 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
     if spec.kind == "flag":
         return [], [(~raw.is_in(["0", "1"]), f"flag not 0/1 in {name}", pl.format("{} = '{}'", pl.lit(name), raw))]
     return [], []  # drop
+
+
+def iso8601(text: pl.Expr) -> pl.Expr:
+    """ISO 8601 date-times, mixed within a column as exports write them: `2024-03-05T14:37:33Z`, `+02:00` or
+    `+0200` offsets, a space for the `T`, fractions of a second, minutes only, or a date alone. A value with an
+    offset is the instant in UTC (so derived hours and weekdays are UTC's, as a unix timestamp's are); one without
+    is taken as written. A strptime format cannot say this: `%z` refuses `Z`, and one format fits one shape."""
+    text = (text.str.strip_chars(" ").str.replace(r"^(\d{4}-\d{2}-\d{2})[ T]", "${1}T")
+            .str.replace(r"[Zz]$", "+00:00").str.replace(r"([+-]\d{2})(\d{2})$", "${1}:${2}"))
+    zoned = [text.str.strptime(pl.Datetime("us", "UTC"), fmt, strict=False).dt.replace_time_zone(None)
+             for fmt in ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z")]
+    naive = [text.str.strptime(pl.Datetime("us"), fmt, strict=False)
+             for fmt in ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d")]
+    return pl.coalesce(zoned + naive)
 
 
 def line_checks(n: int, quote: str | None = None) -> list[tuple[pl.Expr, str, pl.Expr]]:

@@ -261,7 +261,7 @@ def test_label_threshold_and_libfm(workdir: Path) -> None:
 def test_a_parquet_log_reads_as_its_text_would(workdir: Path) -> None:
     """`format: parquet`: the spec's columns by name (others ignored), typed by the same checks as text: native
     numbers, lists, booleans and zoned datetimes; a bad row is kept aside with its row number and the row as JSON."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     path = workdir / "log.parquet"
     pl.DataFrame({
@@ -269,7 +269,7 @@ def test_a_parquet_log_reads_as_its_text_would(workdir: Path) -> None:
         "clicked": [True, False, True, None],
         "price": [1.5, float("nan"), float("inf"), 2.0],
         "site": ["a", None, "b", "c"],
-        "ts": [datetime(2024, 3, 1, 14, 30, tzinfo=timezone.utc)] * 4,
+        "ts": [datetime(2024, 3, 1, 14, 30, tzinfo=UTC)] * 4,
         "tags": [["x", "y"], [], ["z"], ["x"]],
     }).with_columns(pl.col("ts").dt.convert_time_zone("Europe/Berlin")).write_parquet(path)
     columns = {"clicked": {"kind": "label", "positive": ["true"], "negative": ["false"]}, "price": "numeric",
@@ -307,3 +307,24 @@ def test_gzip_is_known_by_its_bytes_not_its_name(workdir: Path) -> None:
     path = workdir / "log.tsv"  # gzip without the .gz suffix, as some exporters name it
     path.write_bytes(gzip.compress(b"1\t3\ta\t14102100\tx\n0\t4\tb\t14102101\ty\n"))
     assert ingest.run(tiny_params(COLUMNS, path))["rows_ok"] == 2
+
+
+def test_iso8601_and_fractional_unix_timestamps(workdir: Path) -> None:
+    """`time_format: iso8601` reads the shapes exports mix in one column (`Z`, `+02:00`, `+0200`, a space for the
+    `T`, fractions, a date alone) as UTC instants; `unix` keeps a fraction of a second (`time.time()`)."""
+    stamps = ["2024-03-05T14:37:33Z", "2024-03-05T16:37:33+02:00", "2024-03-05 14:37:33", "2024-03-05T16:37:33+0200",
+              "2024-03-05T14:37:33.250Z", "2024-03-05", "5 March 2024"]
+    path = workdir / "iso.tsv"
+    path.write_text("".join(f"1\t{s}\n" for s in stamps))
+    cols = {"label": {"kind": "label", "positive": ["1"], "negative": ["0"]},
+            "T": {"kind": "timestamp", "time_format": "iso8601"}}
+    m = ingest.run(tiny_params(cols, path))
+    got = pl.read_parquet(ROWS)["T"].dt.strftime("%Y-%m-%d %H:%M:%S%.3f").to_list()
+    assert got == ["2024-03-05 14:37:33.000"] * 4 + ["2024-03-05 14:37:33.250", "2024-03-05 00:00:00.000"]
+    assert m["rejected_by_reason"] == {"unparseable timestamp in T": 1}
+
+    path.write_text("1\t1709649453.25\n1\t1.709649453e+09\n1\t 1709649453 \n1\tnan\n")
+    m = ingest.run(tiny_params({**cols, "T": {"kind": "timestamp", "time_format": "unix"}}, path))
+    got = pl.read_parquet(ROWS)["T"].dt.strftime("%H:%M:%S%.3f").to_list()
+    assert got == ["14:37:33.250", "14:37:33.000", "14:37:33.000"]
+    assert m["rejected_by_reason"] == {"unparseable timestamp in T": 1}
