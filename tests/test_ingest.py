@@ -328,3 +328,11 @@ def test_iso8601_and_fractional_unix_timestamps(workdir: Path) -> None:
     got = pl.read_parquet(ROWS)["T"].dt.strftime("%H:%M:%S%.3f").to_list()
     assert got == ["14:37:33.250", "14:37:33.000", "14:37:33.000"]
     assert m["rejected_by_reason"] == {"unparseable timestamp in T": 1}
+
+
+def test_a_file_with_only_a_header_is_named(workdir: Path) -> None:
+    path = workdir / "head.csv"
+    path.write_text("label,C1\n")
+    with pytest.raises(StageError, match=r"no data lines in .*head.csv.*: only a header"):
+        ingest.run(tiny_params({"label": COLUMNS["label"], "C1": "categorical"}, path, format="csv",
+                               spec={"header": True}))
