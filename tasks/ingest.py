@@ -748,7 +748,8 @@ def run(params: Params) -> dict[str, Any]:
         # the metrics go, and the rejected lines are kept, for the user to look at.
         for stale in (ROWS, MANIFEST, METRICS / "ingest.json"):
             stale.unlink(missing_ok=True)
-        pl.concat(rejected).cast(REJECTED_SCHEMA).write_parquet(REJECTED)  # type: ignore[arg-type]
+        pl.concat([pl.DataFrame(schema=REJECTED_SCHEMA), *rejected]).cast(REJECTED_SCHEMA).write_parquet(  # type: ignore[arg-type]
+            REJECTED)
         first = next((b.row(0, named=True) for b in rejected if b.height), None)
         example = f"; line {first['line']} of {first['file']}: {first['reason']}" if first else ""
         example += f": {first['detail']}" if first and first["detail"] else ""
