@@ -753,9 +753,8 @@ def run(params: Params) -> dict[str, Any]:
         first = next((b.row(0, named=True) for b in rejected if b.height), None)
         example = f"; line {first['line']} of {first['file']}: {first['reason']}" if first else ""
         example += f": {first['detail']}" if first and first["detail"] else ""
-        if totals["lines"] == 0:
-            raise StageError(f"no data lines in {[str(p) for p in paths]}: "
-                             f"{'only a header' if totals['header_lines'] else 'nothing to read'}")
+        if totals["lines"] == 0:  # an empty file stopped earlier: each holds a header line and nothing else
+            raise StageError(f"no data lines in {[str(p) for p in paths]}: only a header")
         raise StageError(f"no usable rows in {[str(p) for p in paths]}: all {rows_rejected} lines rejected "
                          f"({dict(reasons.most_common(3))}){example} (every line is in {REJECTED})")
     if post_process:
