@@ -187,8 +187,7 @@ def encode_field(f: Field, column: pa.ChunkedArray, train_rows: np.ndarray, min_
         train_x = x[train_rows]
         present = ~np.isnan(train_x)
         train = train_x[present]
-        qs = np.arange(1, f.buckets) / f.buckets
-        cuts = np.unique(np.quantile(train, qs)).tolist() if train.size else []
+        cuts = quantile_cuts(train, f.buckets or 1)
         codes = bucket_codes(x, cuts)
         counts = np.bincount(codes[train_rows][present] - FIRST_CODE, minlength=len(cuts) + 1)
         vocab = pl.DataFrame({"token": [str(i) for i in range(len(cuts) + 1)], "count": counts.astype(np.int64),
@@ -234,6 +233,30 @@ def apply_vocabulary(f: Field, column: pa.ChunkedArray, vocab: pl.DataFrame, cut
     lut[:-1][found] = vocab["code"].to_numpy()[position.drop_null().to_numpy()]
     lut[-1] = MISSING
     return codes_from_lut(lut, idx, lengths)
+
+
+def quantile_cuts(train: np.ndarray, buckets: int) -> list[float]:
+    """A quantile field's boundaries: the train values' quantiles at 1/buckets .. (buckets-1)/buckets, less any
+    boundary that would leave a bucket without train rows (its code would have no train row to learn from).
+
+    A value equal to a boundary goes to the bucket below it (``bucket_codes``), so a boundary at the train maximum
+    leaves the top bucket empty: a constant column gave two codes, one of them never seen, and hid that it is
+    constant. Such a boundary moves down to the largest value below the maximum (the maximum's rows then get their
+    own bucket), or goes where there is none. A boundary with no train value between it and the one below
+    (interpolated quantiles on a few distinct values) is dropped, merging that bucket into the next.
+    """
+    if not train.size:
+        return []
+    cuts = np.unique(np.quantile(train, np.arange(1, buckets) / buckets))
+    counts = np.bincount(np.searchsorted(cuts, train, side="left"), minlength=len(cuts) + 1)
+    kept = cuts[counts[:-1] > 0]
+    top = train.max()
+    if kept.size and kept[-1] >= top:  # nothing above the last boundary: the top bucket would be empty
+        kept = kept[:-1]
+        below = train[train < top]
+        if below.size and (not kept.size or below.max() > kept[-1]):
+            kept = np.append(kept, below.max())
+    return kept.tolist()
 
 
 def bucket_codes(x: np.ndarray, cuts: list[float]) -> np.ndarray:
@@ -284,20 +307,22 @@ def run(params: Params) -> dict[str, Any]:
     vocabs: dict[str, pl.DataFrame] = {}
     boundaries: dict[str, list[float]] = {}
     oov: dict[str, np.ndarray] = {}
+    train_code: dict[str, int | None] = {}  # the one code every train row has, where they all share one
 
-    def encode_column(f: Field) -> tuple[np.ndarray | pa.Array, pl.DataFrame, list[float] | None, np.ndarray]:
+    def encode_column(f: Field) -> tuple[np.ndarray | pa.Array, pl.DataFrame, list[float] | None, np.ndarray,
+                                         int | None]:
         column = read_column(f.source, schema.field(f.source).type)  # one column at a time: memory stays low
         codes, vocab, cuts = encode_field(f, column, train_rows, params.encode.min_count)
-        return codes, vocab, cuts, _oov_by_split(codes, split)
+        return codes, vocab, cuts, _oov_by_split(codes, split), single_code(codes, train_rows)
 
     # Two fields at a time: Arrow's hashing and numpy's gathers release the GIL, so both cores work. Results
     # are taken in field order, so the output does not depend on which thread finished first.
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         done = pool.map(encode_column, fields)
-        for f, (codes, vocab, cuts, field_oov) in zip(fields, tqdm(done, total=len(fields), desc="encode",
-                                                                   unit="field", disable=not progress_enabled()),
-                                                      strict=True):
+        bar = tqdm(done, total=len(fields), desc="encode", unit="field", disable=not progress_enabled())
+        for f, (codes, vocab, cuts, field_oov, one_code) in zip(fields, bar, strict=True):
             coded[f.name], vocabs[f.name], oov[f.name] = codes, vocab, field_oov
+            train_code[f.name] = one_code
             if cuts is not None:
                 boundaries[f.name] = cuts
 
@@ -342,7 +367,7 @@ def run(params: Params) -> dict[str, Any]:
         "oov_rate": {s: round(sum(stats[s]["oov"].values()) / max(stats[s]["rows"] * len(fields), 1), 6)
                      for s in ("valid", "test")},
     }
-    uninformative = uninformative_fields(fields, vocabs, stats["train"]["rows"], params.encode.min_count)
+    uninformative = uninformative_fields(fields, vocabs, train_code, params.encode.min_count)
     metrics["uninformative_fields"] = sorted(uninformative)
     write_json(METRICS / "encode.json", metrics)
     r = metrics["rows"]
@@ -354,17 +379,34 @@ def run(params: Params) -> dict[str, Any]:
     return metrics
 
 
-def uninformative_fields(fields: list[Field], vocabs: dict[str, pl.DataFrame], train_rows: int,
+def single_code(codes: np.ndarray | pa.Array, train_rows: np.ndarray) -> int | None:
+    """The code every train row of a single-valued field has, if they all have the same one (else None)."""
+    if isinstance(codes, pa.Array) or not train_rows.size:  # multi-valued: lists are not checked
+        return None
+    train = codes[train_rows]
+    return int(train[0]) if (train == train[0]).all() else None
+
+
+def uninformative_fields(fields: list[Field], vocabs: dict[str, pl.DataFrame], train_code: dict[str, int | None],
                          min_count: int) -> dict[str, str]:
-    """Fields that take one value in every train row, or no value seen ``min_count`` times: a constant column,
-    an empty one, or one whose every value is rare. A model reads them as a constant; the user should know."""
+    """Fields whose train rows all share one code, or with no value seen ``min_count`` times: a constant column,
+    an empty one, or one whose every value is rare. A model reads them as a constant; the user should know.
+
+    ``train_code``: per field, the one code of all its train rows, or None. Codes, not vocabulary counts, so that
+    a numeric field's buckets are judged as the model sees them (a constant column's quantile bucketing gave a
+    second bucket that no train row fell in, and passed a check for a one-row vocabulary)."""
     found = {}
     for f in fields:
-        vocab = vocabs[f.name]
+        vocab, code = vocabs[f.name], train_code.get(f.name)
         if vocab.height == 0:
             found[f.name] = f"has no value seen at least {min_count} times in train (every value missing or rarer)"
-        elif f.kind != "multi_valued" and vocab.height == 1 and vocab["count"][0] == train_rows:
-            found[f.name] = f"has the one value {vocab['token'][0]!r} in every train row"
+        elif code == MISSING:
+            found[f.name] = "is missing in every train row"
+        elif code is not None and f.bucketing == "quantile":
+            found[f.name] = "has one value in every train row (one quantile bucket)"
+        elif code is not None:
+            token = vocab.filter(pl.col("code") == code)["token"]
+            found[f.name] = f"has the one value {token[0]!r} in every train row"
     return found
 
 

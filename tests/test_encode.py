@@ -159,3 +159,37 @@ def test_a_stage_run_alone_refuses_the_outputs_of_another_dataset(workdir: Path)
     assert pl.read_parquet(REJECTED)["raw"].to_list() == ["x", "y"]
     with pytest.raises(StageError, match="rows.parquet not found"):
         encode.run(other)
+
+
+def test_a_constant_number_under_quantile_bucketing_is_named(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Value 7 on every line gave quantile boundaries [7.0]: two codes, one holding every train row and one none,
+    and no warning (the default bucketing warned)."""
+    columns = {**COLUMNS, "Q": {"kind": "numeric", "bucketing": "quantile", "buckets": 4},
+               "Z": {"kind": "numeric", "bucketing": "quantile"}}
+    rows = [f"{i % 3 == 0:d}\t{i % 50}\tc{i % 7}\tm1\t7\t" for i in range(600)]  # Z: empty everywhere
+    (workdir / "log.tsv").write_text("\n".join(rows) + "\n")
+    params = tiny_params(columns, workdir / "log.tsv")
+    ingest.run(params)
+    metrics = encode.run(params)
+    assert metrics["uninformative_fields"] == ["Q", "Z"]
+    out = capsys.readouterr().out
+    assert "field 'Q' has one value in every train row" in out and "field 'Z' is missing in every train row" in out
+    fields = {f["name"]: f for f in json.loads(FEATURE_MAP.read_text())["fields"]}
+    assert fields["Q"]["boundaries"] == [] and fields["Q"]["vocab_size"] == 4  # one bucket, no empty one
+    vocab = pl.read_parquet("data/encoded/vocab.parquet").filter(pl.col("field") == "Q")
+    assert vocab["count"].to_list() == [480]
+
+
+def test_quantile_boundaries_leave_no_bucket_without_train_rows() -> None:
+    import numpy as np
+
+    def counts(train: np.ndarray, buckets: int) -> list[int]:
+        cuts = encode.quantile_cuts(train, buckets)
+        return np.bincount(encode.bucket_codes(train, cuts) - encode.FIRST_CODE, minlength=len(cuts) + 1).tolist()
+
+    assert counts(np.full(100, 7.0), 4) == [100]
+    assert counts(np.r_[np.full(60, 7.0), np.full(40, 3.0)], 2) == [40, 60]  # the mass at the maximum: its own bucket
+    assert counts(np.r_[np.zeros(90), np.ones(10)], 10) == [90, 10]  # an interpolated boundary with nothing below
+    assert counts(np.arange(100.0), 4) == [25, 25, 25, 25]  # spread values: the quantiles as they were
+    assert encode.quantile_cuts(np.array([]), 4) == []
+
