@@ -147,6 +147,38 @@ def field_tokens(f: Field, column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarra
     return values, None
 
 
+INT64_LIMIT = 2.0**63  # Int64 holds [-2**63, 2**63): a float outside it casts to null
+
+
+def integer_token_warnings(f: Field, column: pa.ChunkedArray) -> list[str]:
+    """What a numeric field's integer tokens lose, as warning lines: under ``identity`` the fractional part of
+    every non-integer value (the cast truncates), and under ``identity`` or ``criteo_log`` (whose values up to 2
+    are cast as they are) any value beyond the 64-bit integer range, which the cast makes missing. Counted over
+    every row of the log; NaN and null are missing values already, not counted."""
+    if f.kind != "numeric" or f.bucketing == "quantile":
+        return []
+    x = pl.from_arrow(column)
+    assert isinstance(x, pl.Series)
+    finite = x.is_finite().fill_null(False)
+    present = int(finite.sum())
+    cast_as_is = finite if f.bucketing == "identity" else finite & (x <= 2)  # criteo_log: the log of larger ones
+    beyond = cast_as_is & ((x >= INT64_LIMIT) | (x < -INT64_LIMIT))
+    found = []
+    if n_beyond := int(beyond.sum()):
+        largest = float(x.filter(beyond).abs().max())  # type: ignore[arg-type]
+        found.append(f"encode: warning: field {f.name!r} (bucketing: {f.bucketing}) has {n_beyond:,} values beyond "
+                     f"the 64-bit integer range (largest magnitude {largest:.3g}), which cannot become integer tokens: "
+                     "they were coded as missing. Use `bucketing: quantile`")
+    if f.bucketing == "identity":
+        fractional = int((finite & (x != x.floor())).sum())
+        if fractional:
+            found.append(f"encode: warning: field {f.name!r} (bucketing: identity) has {fractional:,} non-integer "
+                         f"values ({fractional / present:.1%} of its {present:,} values): identity reads integers and "
+                         "truncates the rest toward zero (0.2 and 0.9 both become token 0). For a continuous number "
+                         "use `bucketing: quantile` (with `buckets: n`)")
+    return found
+
+
 def dictionary_indices(tokens: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     """Distinct values in first-appearance order, and each token's index into them (int32, -1 = null).
 
@@ -300,6 +332,7 @@ def run(params: Params) -> dict[str, Any]:
         raise StageError(f"params.yaml: dataset {params.dataset!r} has no feature columns (all label/drop)")
     rows_file = pq.ParquetFile(ROWS)
     schema = rows_file.schema_arrow
+    warnings: list[str] = []  # printed, and kept in metrics/encode.json for the summary to repeat
     split = assign_splits(rows_file.metadata.num_rows, params)
     train_rows = np.flatnonzero(split == 0)  # found once: every field's vocabulary is fitted on these rows
     label = rows_file.read(columns=[LABEL]).column(LABEL).to_numpy()
@@ -308,21 +341,23 @@ def run(params: Params) -> dict[str, Any]:
     boundaries: dict[str, list[float]] = {}
     oov: dict[str, np.ndarray] = {}
     train_code: dict[str, int | None] = {}  # the one code every train row has, where they all share one
+    field_warnings: dict[str, list[str]] = {}
 
     def encode_column(f: Field) -> tuple[np.ndarray | pa.Array, pl.DataFrame, list[float] | None, np.ndarray,
-                                         int | None]:
+                                         int | None, list[str]]:
         column = read_column(f.source, schema.field(f.source).type)  # one column at a time: memory stays low
         codes, vocab, cuts = encode_field(f, column, train_rows, params.encode.min_count)
-        return codes, vocab, cuts, _oov_by_split(codes, split), single_code(codes, train_rows)
+        return (codes, vocab, cuts, _oov_by_split(codes, split), single_code(codes, train_rows),
+                integer_token_warnings(f, column))
 
     # Two fields at a time: Arrow's hashing and numpy's gathers release the GIL, so both cores work. Results
     # are taken in field order, so the output does not depend on which thread finished first.
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         done = pool.map(encode_column, fields)
         bar = tqdm(done, total=len(fields), desc="encode", unit="field", disable=not progress_enabled())
-        for f, (codes, vocab, cuts, field_oov, one_code) in zip(fields, bar, strict=True):
+        for f, (codes, vocab, cuts, field_oov, one_code, lost) in zip(fields, bar, strict=True):
             coded[f.name], vocabs[f.name], oov[f.name] = codes, vocab, field_oov
-            train_code[f.name] = one_code
+            train_code[f.name], field_warnings[f.name] = one_code, lost
             if cuts is not None:
                 boundaries[f.name] = cuts
 
@@ -369,10 +404,15 @@ def run(params: Params) -> dict[str, Any]:
     }
     uninformative = uninformative_fields(fields, vocabs, train_code, params.encode.min_count)
     metrics["uninformative_fields"] = sorted(uninformative)
+    warnings += [w for f in fields for w in field_warnings[f.name]]
+    if warnings:  # only when there is something to say: a clean log's metrics stay as they were
+        metrics["warnings"] = warnings
     write_json(METRICS / "encode.json", metrics)
     r = metrics["rows"]
     print(f"encode: {len(fields)} fields, {metrics['total_vocab']:,} codes; train {r['train']:,} / valid "
           f"{r['valid']:,} / test {r['test']:,} rows (click rate {metrics['positive_ratio']['train']:.3f})")
+    for line in warnings:
+        print(line)
     for name, why in uninformative.items():
         print(f"encode: warning: field {name!r} {why}: it carries no signal (leave it out of the spec: `kind: drop`, "
               "or out of a timestamp's `derive`)")

@@ -50,6 +50,7 @@ def render() -> str:
     if encode and encode.get("uninformative_fields"):
         warnings.append(f"encode: no signal in the fields {', '.join(encode['uninformative_fields'])} (one value in "
                         "every train row, or none seen min_count times)")
+    warnings += (encode or {}).get("warnings", [])
     for stage in ("search_interaction", "autofis"):
         warnings += (_load(METRICS / f"{stage}.json") or {}).get("warnings", [])
     if warnings:

@@ -193,3 +193,34 @@ def test_quantile_boundaries_leave_no_bucket_without_train_rows() -> None:
     assert counts(np.arange(100.0), 4) == [25, 25, 25, 25]  # spread values: the quantiles as they were
     assert encode.quantile_cuts(np.array([]), 4) == []
 
+
+def test_identity_bucketing_names_truncated_and_out_of_range_numbers(workdir: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """identity cast floats to integers without a word: half of a price's rows became token 0, and values beyond
+    Int64 became missing uncounted."""
+    columns = {**COLUMNS, "P": "numeric", "N": "numeric"}  # bare numeric: identity
+    rows = [f"{i % 3 == 0:d}\t{i % 50}\tc{i % 7}\tm1\t{0.25 + i % 4}\t{i % 9}" for i in range(800)]
+    for k, big in enumerate(["9.3e18", "1e19", "1e300", "-1e20"]):
+        rows[10 + k] = rows[10 + k].rsplit("\t", 1)[0] + f"\t{big}"
+    (workdir / "log.tsv").write_text("\n".join(rows) + "\n")
+    params = tiny_params(columns, workdir / "log.tsv")
+    ingest.run(params)
+    warnings = encode.run(params)["warnings"]
+    assert warnings == [
+        "encode: warning: field 'P' (bucketing: identity) has 800 non-integer values (100.0% of its 800 values): "
+        "identity reads integers and truncates the rest toward zero (0.2 and 0.9 both become token 0). For a "
+        "continuous number use `bucketing: quantile` (with `buckets: n`)",
+        "encode: warning: field 'N' (bucketing: identity) has 4 values beyond the 64-bit integer range (largest "
+        "magnitude 1e+300), which cannot become integer tokens: they were coded as missing. Use "
+        "`bucketing: quantile`"]
+    out = capsys.readouterr().out
+    assert all(w in out for w in warnings)
+    assert json.loads(Path("metrics/encode.json").read_text())["warnings"] == warnings
+    from tasks.summary import render
+    assert all(f"  {w}" in render().splitlines() for w in warnings)
+
+    rows = [f"{i % 3 == 0:d}\t{i % 50}\tc{i % 7}\tm1\t{i % 4}\t-3.0" for i in range(800)]  # integers written as floats
+    (workdir / "log.tsv").write_text("\n".join(rows) + "\n")
+    ingest.run(params)
+    assert "warnings" not in encode.run(params)  # nothing to say: no key, so a clean log's metrics are unchanged
+
