@@ -93,8 +93,11 @@ def plan_fields(spec: DatasetSpec) -> list[Field]:
     return fields
 
 
-def assign_splits(n: int, params: Params) -> np.ndarray:
-    """Split id per row (0 train, 1 valid, 2 test), exact fractions, seeded."""
+def assign_splits(n: int, params: Params, warnings: list[str] | None = None) -> np.ndarray:
+    """Split id per row (0 train, 1 valid, 2 test), exact fractions, seeded.
+
+    A time split puts the rows without a time (null, or NaN in a float column) in train, never in valid or test,
+    and appends a warning with their count to ``warnings``; more of them than train holds is an error."""
     cfg = params.encode.split
     cuts = np.round(np.cumsum(cfg.fractions)[:2] * n).astype(np.int64)
     if cfg.method == "random":
@@ -110,8 +113,20 @@ def assign_splits(n: int, params: Params) -> np.ndarray:
                          if name != LABEL and (dtype.is_temporal() or dtype.is_numeric())]
             raise StageError(f"params.yaml: encode.split.column {column!r} is {schema[column]} in {ROWS}; a time "
                              f"split orders the rows by a timestamp or a number (such columns: {orderable})")
-        times = pl.read_parquet(ROWS, columns=[column])[column].to_physical().fill_null(np.iinfo(np.int64).min)
-        order = np.argsort(times.to_numpy(), kind="stable")  # earliest rows train, latest test
+        times = pl.read_parquet(ROWS, columns=[column])[column]
+        if times.dtype.is_float():  # NaN sorts after every number: it would land in test
+            times = times.fill_nan(None)
+        untimed = times.null_count()
+        if untimed > cuts[0]:
+            raise StageError(f"params.yaml: encode.split.column {column!r} is missing in {untimed:,} of {n:,} rows of "
+                             f"{ROWS}, more than the {cuts[0]:,} rows of train, where a time split puts the rows "
+                             "without a time: fill the column, or split at random (encode.split.method: random)")
+        if untimed and warnings is not None:
+            warnings.append(f"encode: warning: {untimed:,} of {n:,} rows ({untimed / n:.1%}) have no {column!r} "
+                            "(encode.split.column): a time split cannot place them, so they are all in train, none "
+                            "in valid or test")
+        # Rows without a time sort first, so they fall in train (checked above); then earliest train, latest test.
+        order = np.argsort(times.to_physical().fill_null(np.iinfo(np.int64).min).to_numpy(), kind="stable")
     split = np.empty(n, np.int8)
     split[order[: cuts[0]]], split[order[cuts[0] : cuts[1]]], split[order[cuts[1] :]] = 0, 1, 2
     return split
@@ -333,7 +348,7 @@ def run(params: Params) -> dict[str, Any]:
     rows_file = pq.ParquetFile(ROWS)
     schema = rows_file.schema_arrow
     warnings: list[str] = []  # printed, and kept in metrics/encode.json for the summary to repeat
-    split = assign_splits(rows_file.metadata.num_rows, params)
+    split = assign_splits(rows_file.metadata.num_rows, params, warnings)
     train_rows = np.flatnonzero(split == 0)  # found once: every field's vocabulary is fitted on these rows
     label = rows_file.read(columns=[LABEL]).column(LABEL).to_numpy()
     coded: dict[str, np.ndarray | pa.Array] = {}

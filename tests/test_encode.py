@@ -224,3 +224,25 @@ def test_identity_bucketing_names_truncated_and_out_of_range_numbers(workdir: Pa
     ingest.run(params)
     assert "warnings" not in encode.run(params)  # nothing to say: no key, so a clean log's metrics are unchanged
 
+
+def test_a_time_split_names_the_rows_without_a_time(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows with an empty timestamp sorted first and went to train without a word."""
+    split = {"method": "time", "column": "T", "fractions": [0.8, 0.1, 0.1]}
+    cols = {**COLUMNS, "T": {"kind": "timestamp", "time_format": "unix", "derive": ["hour"]}}
+    rows = [f"{i % 2}\t1\tc{i % 5}\tm1\t{'' if i % 10 == 3 else 1_600_000_000 + i * 60}" for i in range(1000)]
+    (workdir / "log.tsv").write_text("\n".join(rows) + "\n")
+    params = tiny_params(cols, workdir / "log.tsv", encode={"split": split})
+    ingest.run(params)
+    metrics = encode.run(params)
+    line = ("encode: warning: 100 of 1,000 rows (10.0%) have no 'T' (encode.split.column): a time split cannot place "
+            "them, so they are all in train, none in valid or test")
+    assert metrics["warnings"] == [line] and line in capsys.readouterr().out
+    for name in ("valid", "test"):
+        assert (pl.read_parquet(split_path(name))["T_hour"] != MISSING).all()
+
+    rows = [f"{i % 2}\t1\tc{i % 5}\tm1\t{'' if i % 10 else 1_600_000_000 + i * 60}" for i in range(1000)]
+    (workdir / "log.tsv").write_text("\n".join(rows) + "\n")  # 900 without a time: more than train's 800
+    ingest.run(params)
+    with pytest.raises(StageError, match=r"encode.split.column 'T' is missing in 900 of 1,000 rows .*800 rows of "
+                                         r"train.*encode.split.method: random"):
+        encode.run(params)
