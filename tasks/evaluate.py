@@ -14,6 +14,7 @@ transfers), the gate files and the saved test predictions. Writes
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,30 @@ def table(params: Params) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -(r["test_auc"] or 0))
 
 
+# Fewer test rows than this of either class and the ranking is noise: DeLong's test is a normal approximation,
+# commonly trusted from about 30 per class, and at 30 positives an AUC near 0.8 has a standard error near 0.05
+# (Hanley and McNeil), more than the gaps between the models of the table. The default log's test split has
+# about 4,800 positives.
+MIN_CLASS_ROWS = 30
+
+
+def test_split_warnings(labels: np.ndarray, refused: str | None) -> list[str]:
+    """The warning, as a list of at most one line, when the test split has too few rows of a class to rank the
+    models by AUC; ``refused``: why ``significance`` gave no standard errors, if it gave none."""
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if min(positives, negatives) >= MIN_CLASS_ROWS and refused is None:
+        return []
+    line = (f"evaluate: warning: the test split has {positives:,} positive{'s' * (positives != 1)} and "
+            f"{negatives:,} negative{'s' * (negatives != 1)}")
+    if min(positives, negatives) < MIN_CLASS_ROWS:
+        line += (f", fewer than {MIN_CLASS_ROWS} of a class: its AUCs are too noisy to rank the models, so the "
+                 "ranking is not meaningful. Evaluate on a larger log or test fraction (encode.split.fractions)")
+    if refused is not None:
+        line += f". AUC standard errors and p-values are left out (–): the differences are not testable ({refused})"
+    return [line]
+
+
 REFERENCE = "aim (retrain)"  # the model every other one is compared with
 PREDICTION_FILES = {"aim (search model)": "search_interaction", "aim (retrain)": "retrain"}  # else the model's name
 
@@ -75,15 +100,17 @@ def test_predictions(rows: list[dict[str, Any]], labels: np.ndarray) -> dict[str
     return out
 
 
-def significance(rows: list[dict[str, Any]], labels: np.ndarray, predictions: dict[str, np.ndarray]) -> None:
-    """Add each row's AUC standard error and, against the AIM retrain, the paired AUC difference (DeLong)."""
+def significance(rows: list[dict[str, Any]], labels: np.ndarray, predictions: dict[str, np.ndarray]) -> str | None:
+    """Add each row's AUC standard error and, against the AIM retrain, the paired AUC difference (DeLong).
+
+    Returns why there are none, where DeLong refused the test split (else None), for the report to say."""
     names = [r["model"] for r in rows if r["model"] in predictions]
     if not names:
-        return
+        return None
     try:
         aucs, cov = delong(labels, np.stack([predictions[n] for n in names]))
-    except ValueError:  # fewer than two rows of a class: no covariance to give
-        return
+    except ValueError as err:  # fewer than two rows of a class: no covariance to give
+        return str(err)
     # Predictions left by another run of the same split size give another AUC than the stage reported: not used.
     by_name = {r["model"]: r for r in rows}
     index = {n: i for i, n in enumerate(names) if abs(aucs[i] - by_name[n]["test_auc"]) < 1e-6}
@@ -152,7 +179,8 @@ def figures(gates: dict[str, Any], embed: dict[str, Any] | None, planted: set[st
     return paths
 
 
-def markdown(rows: list[dict[str, Any]], recovered: dict[str, Any], images: list[Path]) -> str:
+def markdown(rows: list[dict[str, Any]], recovered: dict[str, Any], images: list[Path],
+             warnings: Sequence[str] = ()) -> str:
     def fmt(v: Any, digits: int = 4) -> str:
         if v is None:
             return "–"
@@ -175,6 +203,8 @@ def markdown(rows: list[dict[str, Any]], recovered: dict[str, Any], images: list
                      f"{fmt(r['parameters'])} | {fmt(r['train_seconds'], 1)} | "
                      f"{fmt(r['inference_seconds_per_100k'], 3)} | {fmt(r['order2_selection_ratio'], 3)} | "
                      f"{fmt(r['interactions'])} |")
+    if warnings:
+        lines += ["", *(f"**Warning.** {w.removeprefix('evaluate: warning: ')}" for w in warnings)]
     for name, rec in recovered.items():
         lines += ["", f"## Planted interactions recovered by {name}", ""]
         lines += [f"- {k}: {fmt(v, 3)}" for k, v in rec.items()]
@@ -197,18 +227,22 @@ def run(params: Params) -> dict[str, Any]:
     planted = {"×".join(p) for p in (truth or {}).get("planted_pairs", [])}
     fields, splits = load_encoded(params.dataset)
     labels = splits["test"].label.numpy()
-    significance(rows, labels, test_predictions(rows, labels))
+    refused = significance(rows, labels, test_predictions(rows, labels))
+    warnings = test_split_warnings(labels, refused)
     images = figures(gates, _load(GATES / "embed.json"), planted, fields, splits)
-    result = {"models": rows, "recovered": recovered}
+    result: dict[str, Any] = {"models": rows, "recovered": recovered}
+    if warnings:  # only when there is something to say: a sound test split's metrics stay as they were
+        result["warnings"] = warnings
     write_json(METRICS / "evaluate.json", result)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "report.md").write_text(markdown(rows, recovered, images))
+    (OUT / "report.md").write_text(markdown(rows, recovered, images, warnings))
     print(render(result))
     return result
 
 
-def render(result: dict[str, Any]) -> str:
-    """The table as printed at the end of ``make run``."""
+def render(result: dict[str, Any], warnings: bool = True) -> str:
+    """The table as printed at the end of ``make run``; with its warnings below it unless ``warnings`` is false
+    (the summary lists every stage's warnings together)."""
     lines = ["model                  kind         test AUC  ± se    p vs AIM  logloss  parameters  train s  "
              "inf s/100k  order-2 kept"]
     for r in result["models"]:
@@ -230,6 +264,8 @@ def render(result: dict[str, Any]) -> str:
         if "triples_recovered" in rec:
             line += f"; triples {rec['triples_recovered']}/{rec['planted_triples']} (kept {rec['triples_kept']})"
         lines.append(line)
+    if warnings:
+        lines += result.get("warnings", [])
     return "\n".join(lines)
 
 

@@ -44,14 +44,14 @@ def render() -> str:
         from tasks.evaluate import render as render_evaluation
 
         lines += ["", "evaluate  every model on the test split (metrics/evaluate.json, reports/evaluate/report.md)",
-                  render_evaluation(evaluation)]
+                  render_evaluation(evaluation, warnings=False)]  # they are in the warnings below
     # The stages' warnings again: in a `dvc repro` log they scroll past between hundreds of epoch lines.
     warnings = []
     if encode and encode.get("uninformative_fields"):
         warnings.append(f"encode: no signal in the fields {', '.join(encode['uninformative_fields'])} (one value in "
                         "every train row, or none seen min_count times)")
     warnings += (encode or {}).get("warnings", [])
-    for stage in ("search_interaction", "autofis"):
+    for stage in ("search_interaction", "autofis", "evaluate"):
         warnings += (_load(METRICS / f"{stage}.json") or {}).get("warnings", [])
     if warnings:
         lines += ["", "warnings", *(f"  {w}" for w in warnings)]

@@ -65,3 +65,38 @@ def test_evaluate_adds_the_errors_and_skips_predictions_of_another_run() -> None
     assert "test_auc_se" not in rows[2] and "aim_retrain_minus_this" not in rows[2]
     text = render({"models": rows, "recovered": {}})
     assert f"{rows[1]['aim_retrain_minus_this']['p_value']:.2g}" in text.splitlines()[2] and "DeLong" in text
+
+
+def test_evaluate_says_why_a_tiny_test_split_has_no_errors_and_no_ranking(workdir) -> None:
+    """A 20-row test split with one positive: the table ranked the models, with – for the errors and no word."""
+    import json
+
+    from tasks.common import METRICS
+    from tasks.evaluate import COLUMNS, REFERENCE, markdown, render, significance, test_split_warnings
+    from tasks.summary import render as summary
+
+    labels = np.zeros(20, np.int64)
+    labels[3] = 1
+    rng = np.random.default_rng(0)
+    predictions = {REFERENCE: rng.random(20), "ipnn": rng.random(20)}
+    rows = [dict.fromkeys(COLUMNS) | {"model": name, "kind": "baseline", "test_auc": roc_auc_score(labels, p),
+                                      "test_logloss": 0.5, "parameters": 1, "train_seconds": 1.0}
+            for name, p in predictions.items()]
+    refused = significance(rows, labels, predictions)
+    assert refused == "DeLong's covariance needs two rows of each class (got 1 positives, 19 negatives)"
+    warnings = test_split_warnings(labels, refused)
+    assert warnings == ["evaluate: warning: the test split has 1 positive and 19 negatives, fewer than 30 of a class: "
+                        "its AUCs are too noisy to rank the models, so the ranking is not meaningful. Evaluate on a "
+                        "larger log or test fraction (encode.split.fractions). AUC standard errors and p-values are "
+                        f"left out (–): the differences are not testable ({refused})"]
+    result = {"models": rows, "recovered": {}, "warnings": warnings}
+    assert render(result).splitlines()[-1] == warnings[0]
+    assert "**Warning.** the test split has 1 positive" in markdown(rows, {}, [], warnings)
+    METRICS.mkdir()
+    (METRICS / "evaluate.json").write_text(json.dumps(result))
+    lines = summary().splitlines()
+    assert lines.count(warnings[0]) == 0 and lines.count(f"  {warnings[0]}") == 1  # once, in the warnings section
+
+    few = np.r_[np.ones(29), np.zeros(500)]  # DeLong works, but 29 positives rank nothing
+    assert "fewer than 30 of a class" in test_split_warnings(few, None)[0]
+    assert test_split_warnings(np.r_[np.ones(30), np.zeros(30)], None) == []
