@@ -70,7 +70,20 @@ def encode_rows(rows: pl.DataFrame, feature_map: dict[str, Any], vocabularies: d
     return pa.table(coded)
 
 
+def check_paths(paths: list[Path], out: Path) -> None:
+    """Refuse, before any work, a directory given as a log and an ``--out`` that does not end in ``.parquet`` (the
+    scores were written as Parquet whatever the name said, so ``--out s.csv`` gave a csv-named Parquet file)."""
+    for path in paths:
+        if path.is_dir():
+            raise StageError(f"{path} is a directory: give the log files to score (e.g. {path / '*'})")
+    if out.suffix != ".parquet":
+        raise StageError(f"--out {out}: the scores are written as Parquet, so the name must end in .parquet "
+                         f"(e.g. --out {out.with_suffix('.parquet')}); polars' read_parquet(...).write_csv() gives "
+                         "a csv")
+
+
 def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabelled: bool = False) -> dict[str, Any]:
+    check_paths(paths, out)
     for needed in (FEATURE_MAP, VOCAB, model_path):
         if not needed.exists():
             raise StageError(f"{needed} not found: run the pipeline first (dvc repro)")
@@ -151,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("logs", nargs="+", type=Path, help="raw log files in the dataset's format")
     parser.add_argument("--model", type=Path, default=MODELS_DIR / "aim.pt",
                         help="a saved model (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the scores' Parquet file (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="the scores' Parquet file, named *.parquet (default: %(default)s)")
     parser.add_argument("--unlabelled", action="store_true", help="the logs have no label column")
     args = parser.parse_args(argv)
     stage_main(lambda params: run(params, args.logs, args.model, args.out, args.unlabelled), checked=True)

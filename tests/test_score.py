@@ -127,3 +127,21 @@ def test_command_line(trained, monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     with pytest.raises(SystemExit) as exit_info:
         score.main(["missing.tsv", "--model", str(MODEL)])
     assert exit_info.value.code == 1 and "missing.tsv: input file not found" in capsys.readouterr().err
+
+
+def test_a_directory_or_a_non_parquet_out_is_refused(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory as a log gave an IsADirectoryError traceback; --out s.csv wrote Parquet into s.csv."""
+    params = synthetic()
+    Path("logs").mkdir()
+    with pytest.raises(StageError, match=r"^logs is a directory: give the log files to score \(e\.g\. logs/\*\)"):
+        score.run(params, [Path("logs")], MODEL, Path("o.parquet"))
+    Path("a.tsv").write_text("1\t2\n")
+    with pytest.raises(StageError, match=r"^--out s\.csv: the scores are written as Parquet.*--out s\.parquet"):
+        score.run(params, [Path("a.tsv")], MODEL, Path("s.csv"))
+    assert not Path("s.csv").exists()
+    monkeypatch.setattr(common, "load_params", lambda: params)
+    with pytest.raises(SystemExit) as exit_info:
+        score.main(["logs"])
+    assert exit_info.value.code == 1 and capsys.readouterr().err == (
+        "error: logs is a directory: give the log files to score (e.g. logs/*)\n")
