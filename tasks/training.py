@@ -167,6 +167,23 @@ class History:
                                  for k in self.FIELDS])
 
 
+def check_trainable(splits: dict[str, CTRData]) -> None:
+    """Stop with a stage error naming the file where a split cannot serve: an empty one, or a validation split of
+    one class, whose AUC (which early stopping and the best weights follow) is undefined. ``Trainer.fit`` refuses
+    these too, with a ValueError for library callers; a stage's user gets this message, not a traceback."""
+    sizes = ", ".join(f"{name} {len(splits[name]):,}" for name in SPLITS)
+    for name in SPLITS:
+        if len(splits[name]) == 0:
+            raise StageError(f"{split_path(name)} has no rows (rows per split: {sizes}): use a larger log, or larger "
+                             "fractions (encode.split.fractions in params.yaml)")
+    valid = splits["valid"]
+    positives = int(valid.label.sum())
+    if positives in (0, len(valid)):
+        raise StageError(f"{split_path('valid')} holds one class only (all {len(valid):,} rows labelled "
+                         f"{int(positives > 0)}): its AUC is undefined, so early stopping cannot work; use a larger "
+                         "validation fraction (encode.split.fractions in params.yaml) or a split with both labels")
+
+
 def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData], name: str,
                    settings: Any, tracker: Tracker | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Train ``net`` (resuming a checkpoint of the same ``settings`` and data), then score the test split.
@@ -175,6 +192,7 @@ def train_and_test(net: CTRModel, config: TrainConfig, splits: dict[str, CTRData
     (removed once done), and, given a ``tracker``, each epoch and the summary to it as well. Returns the
     summary every training stage reports, and the test probabilities.
     """
+    check_trainable(splits)
     track = [TrackerCallback(tracker)] if tracker is not None else []
     trainer = Trainer(net, config, callbacks=[History(REPORTS / f"{name}.csv", name), *track])
     # The data by content (row counts, code and label sums), so a checkpoint never resumes on other data, and the

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tasks import baselines, encode, generate, ingest
+from tasks.common import StageError
 from tasks.config import ConfigError, parse_params, read_yaml
 from tasks.training import Checkpoint, load_encoded, load_model
 from tests.conftest import ROOT
@@ -109,3 +110,31 @@ def test_bad_model_settings_are_named(encoded: Path) -> None:
         baselines.run(params_with(fm={"train": {"lr": -1}}), "fm")
     fields, _ = load_encoded()
     assert len(fields) == 40
+
+
+@pytest.mark.parametrize("valid", ["one class", "empty"])
+def test_a_validation_split_that_cannot_serve_is_a_stage_error(encoded: Path, valid: str,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A one-class or empty validation split stopped the stage with a raw ValueError traceback."""
+    import polars as pl
+
+    from tasks import common
+    from tasks.common import split_path
+
+    rows = pl.read_parquet(split_path("valid"))
+    rows = rows.with_columns(pl.lit(0, rows.schema["label"]).alias("label")) if valid == "one class" else rows.head(0)
+    rows.write_parquet(split_path("valid"))
+    expected = (r"data/encoded/valid\.parquet holds one class only \(all 300 rows labelled 0\).*"
+                r"encode\.split\.fractions" if valid == "one class" else
+                r"data/encoded/valid\.parquet has no rows \(rows per split: train 2,400, valid 0, test 300\).*"
+                r"encode\.split\.fractions")
+    params = params_with(fm={})
+    with pytest.raises(StageError, match=expected):
+        baselines.run(params, "fm")
+    monkeypatch.setattr(common, "load_params", lambda: params)
+    monkeypatch.setattr("sys.argv", ["tasks.baselines", "fm"])
+    with pytest.raises(SystemExit) as exit_info:
+        baselines.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith("error: data/encoded/valid.parquet") and "Traceback" not in err
