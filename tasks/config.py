@@ -45,6 +45,26 @@ class _Loader(yaml.SafeLoader):
                 return sign * int(text[2:], base)
         return sign * int(text)
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A mapping that names a key twice is an error, as in DVC's reader: PyYAML would keep the last value and
+        the stages would run with params other than those DVC refuses. A key given by a merge (``<<: *base``)
+        may still be set again: that is what a merge is for."""
+        seen: dict[Any, int] = {}  # key -> the line it is first given on
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeConstructor's own error names it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found duplicate key {key!r} on line {line} (first on line {seen[key]})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
 
 _Loader.yaml_implicit_resolvers = {}  # a class attribute of its own: SafeLoader's stay as they are
 for _tag, _pattern, _first in (

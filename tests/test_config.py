@@ -180,3 +180,22 @@ def test_plain_scalars_read_as_dvc_reads_them() -> None:
     assert repr(ours) == repr(dvcs)  # repr: nan != nan
     assert ours["bools"][:2] == ["yes", "no"] and ours["time"] == "12:30" and ours["ints"][0] == 10
     assert read_yaml("d: 2024-01-02") == {"d": "2024-01-02"}
+
+
+def test_a_key_given_twice_is_an_error_with_its_line(tmp_path: Path) -> None:
+    """DVC refuses a params.yaml with a key given twice ("found duplicate key"); PyYAML kept the last value, so the
+    stages ran on a spec that `dvc repro` would not even read. A merge's keys may still be set again."""
+    from dvc.utils.serialize import YAMLFileCorruptedError, parse_yaml
+
+    from tasks.config import read_yaml
+
+    text = ("dataset: t\ndatasets:\n  t:\n    paths: [x.tsv]\n    format: tsv\n    columns:\n"
+            "      label: {kind: label, positive: ['1']}\n      site: categorical\n      ad: categorical\n"
+            "      site: numeric\n")
+    with pytest.raises(YAMLFileCorruptedError):
+        parse_yaml(text, "params.yaml")  # DVC's reader: the case is real
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"not valid YAML: found duplicate key 'site' on line 10 \(first on line 8\)"):
+        load_params(path)
+    assert read_yaml("base: &b {x: 1}\nmerged: {<<: *b, x: 2}")["merged"] == {"x": 2}
