@@ -260,10 +260,17 @@ class SplitConfig(Strict):
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     column: str | None = None  # the timestamp column for method: time
 
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, fractions: tuple[float, float, float]) -> tuple[float, float, float]:
+        """Train, valid and test each need rows: an empty split stopped validate and training far from this key."""
+        if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) <= 0:
+            raise ValueError(f"train, valid and test fractions must each be above 0 and sum to 1 "
+                             f"(got {list(fractions)})")
+        return fractions
+
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
-        if abs(sum(self.fractions) - 1.0) > 1e-6 or min(self.fractions) < 0:
-            raise ValueError(f"fractions must be non-negative and sum to 1 (got {list(self.fractions)})")
         if self.method == "time" and not self.column:
             raise ValueError("split method 'time' needs `column`: the timestamp column to order by")
         return self

@@ -78,6 +78,14 @@ def test_unknown_dataset_and_bad_fractions() -> None:
         parse_params({**MINIMAL, "encode": {"split": {"fractions": [0.5, 0.2, 0.2]}}})
 
 
+@pytest.mark.parametrize("fractions", [[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [1.1, -0.1, 0.0]])
+def test_a_split_without_rows_is_refused(fractions: list[float]) -> None:
+    """[1.0, 0.0, 0.0] was accepted, and validate then failed on an empty split without naming this key."""
+    with pytest.raises(ConfigError, match=r"encode\.split\.fractions: train, valid and test fractions must each be "
+                                          r"above 0"):
+        parse_params({**MINIMAL, "encode": {"split": {"fractions": fractions}}})
+
+
 def test_column_kind_checked() -> None:
     raw = {"dataset": "t", "datasets": {"t": {"paths": ["x"], "format": "tsv",
                                                "columns": {"label": "label", "C1": "categorial"}}}}
