@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -110,6 +110,25 @@ class ColumnSpec(Strict):
     derive: list[TimeDerivation] = ["hour", "weekday", "weekend"]
     # flag: a 0/1 column that becomes one token of the multi-valued field named here
     field: str | None = None
+
+    @field_validator("negative")
+    @classmethod
+    def _disjoint(cls, negative: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        """A value in both lists was read as no click, silently (ingest's mapping lets `negative` win)."""
+        both = sorted(set(negative or []) & set(info.data.get("positive") or []))
+        if both:
+            raise ValueError(f"{both} also in `positive`: a raw value is a click or not, never both")
+        return negative
+
+    @field_validator("threshold")
+    @classmethod
+    def _one_rule(cls, threshold: float | None, info: ValidationInfo) -> float | None:
+        """ingest reads the threshold when there is one: `positive`/`negative` beside it would be ignored."""
+        given = [k for k in ("positive", "negative") if info.data.get(k) is not None]
+        if threshold is not None and given:
+            raise ValueError(f"give a `threshold` or `positive`/`negative` values, not both (`{'`, `'.join(given)}` "
+                             f"set too)")
+        return threshold
 
     @model_validator(mode="after")
     def _check(self) -> ColumnSpec:

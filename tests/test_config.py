@@ -93,6 +93,23 @@ def test_column_kind_checked() -> None:
         parse_params(raw)
 
 
+def with_columns(columns: dict) -> dict:
+    """MINIMAL with dataset t's columns replaced."""
+    return {**MINIMAL, "datasets": {"t": {**MINIMAL["datasets"]["t"], "columns": columns}}}
+
+
+@pytest.mark.parametrize(("label", "message"), [
+    ({"positive": ["1"], "negative": ["1", "0"]},
+     r"columns\.clicked\.negative: \['1'\] also in `positive`"),  # every row was a no-click
+    ({"positive": ["1"], "threshold": 3}, r"columns\.clicked\.threshold: give a `threshold` or `positive`/`negative` "
+                                          r"values, not both \(`positive` set too\)"),  # the threshold won
+    ({"positive": ["1"], "negative": ["0"], "threshold": 3}, r"columns\.clicked\.threshold: .*`positive`, `negative`"),
+])
+def test_a_contradictory_label_is_refused(label: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_params(with_columns({"clicked": {"kind": "label", **label}, "site": "categorical"}))
+
+
 def test_overrides_like_dvc_set_param(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, MINIMAL), overrides={"encode.min_count": 5})
     assert params.encode.min_count == 5
