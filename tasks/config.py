@@ -88,6 +88,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The kind each of ColumnSpec's keys acts on: set on a column of another kind, a key would do nothing.
+_KIND_OF_KEY: dict[str, ColumnKind] = {
+    "positive": "label", "negative": "label", "threshold": "label",
+    "bucketing": "numeric", "buckets": "numeric",
+    "prefix": "categorical",
+    "separator": "multi_valued", "max_length": "multi_valued",
+    "time_format": "timestamp", "derive": "timestamp",
+    "field": "flag",
+}
+
+
 class ColumnSpec(Strict):
     """One column of a raw file, in file order. ``kind`` says what the pipeline does with it."""
 
@@ -110,6 +121,20 @@ class ColumnSpec(Strict):
     derive: list[TimeDerivation] = ["hour", "weekday", "weekend"]
     # flag: a 0/1 column that becomes one token of the multi-valued field named here
     field: str | None = None
+
+    @field_validator(*_KIND_OF_KEY)
+    @classmethod
+    def _applies(cls, value: Any, info: ValidationInfo) -> Any:
+        """A key of another kind is an error (``bucketing`` on a categorical column did nothing, silently). A
+        ``drop`` column may keep its settings, so that a column is dropped and brought back by its kind alone."""
+        kind, key = info.data.get("kind"), info.field_name
+        assert key is not None
+        if value is not None and kind is not None and kind not in (_KIND_OF_KEY[key], "drop"):
+            raise ValueError(f"applies to {_KIND_OF_KEY[key]} columns only; this column is {kind}")
+        if key == "buckets" and kind == "numeric" and info.data.get("bucketing") != "quantile":
+            raise ValueError(f"applies to `bucketing: quantile` only; this column's bucketing is "
+                             f"{info.data.get('bucketing')}")
+        return value
 
     @field_validator("negative")
     @classmethod

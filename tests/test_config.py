@@ -110,6 +110,32 @@ def test_a_contradictory_label_is_refused(label: dict, message: str) -> None:
         parse_params(with_columns({"clicked": {"kind": "label", **label}, "site": "categorical"}))
 
 
+@pytest.mark.parametrize(("column", "message"), [
+    ({"kind": "categorical", "bucketing": "quantile"}, r"c\.bucketing: applies to numeric columns only; this column is "
+                                                       r"categorical"),
+    ({"kind": "categorical", "buckets": 8}, r"c\.buckets: applies to numeric columns only"),
+    ({"kind": "numeric", "bucketing": "identity", "buckets": 8}, r"c\.buckets: applies to `bucketing: quantile` only"),
+    ({"kind": "categorical", "separator": ","}, r"c\.separator: applies to multi_valued columns only"),
+    ({"kind": "numeric", "max_length": 3}, r"c\.max_length: applies to multi_valued columns only"),
+    ({"kind": "categorical", "time_format": "unix_ms"}, r"c\.time_format: applies to timestamp columns only"),
+    ({"kind": "numeric", "derive": ["hour"]}, r"c\.derive: applies to timestamp columns only"),
+    ({"kind": "numeric", "prefix": 2}, r"c\.prefix: applies to categorical columns only"),
+    ({"kind": "categorical", "field": "genres"}, r"c\.field: applies to flag columns only"),
+    ({"kind": "categorical", "positive": ["1"]}, r"c\.positive: applies to label columns only"),
+])
+def test_a_key_that_does_nothing_for_its_kind_is_named(column: dict, message: str) -> None:
+    """Such keys were accepted and did nothing: a categorical column with `bucketing: quantile` stayed categorical."""
+    with pytest.raises(ConfigError, match=rf"datasets\.t\.columns\.{message}"):
+        parse_params(with_columns({"label": {"kind": "label", "positive": ["1"]}, "c": column}))
+
+
+def test_a_dropped_column_keeps_its_settings() -> None:
+    """`kind: drop` leaves a column out without its other keys having to go (and come back) with it."""
+    params = parse_params(with_columns({"label": {"kind": "label", "positive": ["1"]},
+                                        "price": {"kind": "drop", "bucketing": "quantile", "buckets": 8}}))
+    assert params.spec.columns["price"].kind == "drop"
+
+
 def test_overrides_like_dvc_set_param(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, MINIMAL), overrides={"encode.min_count": 5})
     assert params.encode.min_count == 5
