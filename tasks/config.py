@@ -223,6 +223,51 @@ class ImplicitSpec(Strict):
     item_columns: list[str] = []
 
 
+LABEL_COLUMN = "label"  # tasks.common.LABEL: the label's name in rows.parquet and the encoded splits, whatever its own
+
+# Columns that ingest adds to a block's frame while it parses and types it (tasks/ingest.py): a declared column of
+# the same name was overwritten or stopped ingest with Polars' DuplicateError. rejected.parquet's own columns (file,
+# line, reason, detail, raw) are a table apart, and clash with nothing.
+INGEST_COLUMNS = {
+    "line": "a line's text on the general parse path",
+    "undecodable": "whether a line is valid UTF-8",
+    "_line": "a row's line number",
+    "_reason": "a row's first failed check",
+    "_n_fields": "a line's number of fields",
+    "_unbalanced": "whether a line's quotes close",
+    "_no_colon": "whether a libfm line has a token without ':'",
+    "_used": "negative sampling's mark of the items a user used",
+}
+
+
+def derived_field_name(column: str, part: str) -> str:
+    """The encoded field that a timestamp column's ``derive`` part becomes: ``ts`` and ``hour`` -> ``ts_hour``."""
+    return f"{column}_{part}"
+
+
+def _claim(names: dict[str, str], name: str, where: str, owner: str, label: str, why: str) -> None:
+    """``names[name] = owner``, or an error at ``where`` if another key has it."""
+    other = names.setdefault(name, owner)
+    if other == label:
+        raise ValueError(f"{where}: {name!r} is the name of {label}; give this column another name")
+    if other != owner:
+        raise ValueError(f"{where}: {name!r} clashes with {other}: {why}; give one of them another name, or "
+                         f"`kind: drop`")
+
+
+def _check_join_key(prefix: str, column: ColumnSpec, key: str, rows: dict[str, str], kinds: dict[str, ColumnKind],
+                    ) -> None:
+    """A join key must be a column of the rows it joins (the main log's, or an earlier join's), of the same kind:
+    a number and a string stopped the join with Polars' SchemaError."""
+    kind = kinds.get(key)
+    if kind is None or kind in ("label", "flag"):
+        raise ValueError(f"{prefix.removesuffix('.columns')}.key: {key!r} is not a column of the rows it joins "
+                         f"(the main log's columns and earlier joins'); declare it there, with the same kind")
+    if column.kind != kind:
+        raise ValueError(f"{prefix}.{key}.kind: the join key is {column.kind} here and {kind} in {rows[key]}; "
+                         f"declare it with one kind in both")
+
+
 class DatasetSpec(Strict):
     """How to read one raw click log and what each of its columns is."""
 
@@ -261,7 +306,55 @@ class DatasetSpec(Strict):
             for col in [self.implicit.user, self.implicit.item, *self.implicit.item_columns]:
                 if col not in self.columns:
                     raise ValueError(f"implicit: column {col!r} is not declared in `columns`")
+        self._check_names()
         return self
+
+    def _check_names(self) -> None:
+        """Each column of rows.parquet and each encoded field comes from one key of the spec, and each join key is a
+        column of the rows it joins, of the same kind. A clash stopped ingest with a Polars error that named no key,
+        or passed silently: a side table's `device` beside the main log's became `device_right`, which no field
+        reads, and a raw `ts_hour` beside the field that `ts` derives left encode one of the two.
+
+        Errors start with the key (``joins.0.columns.device: ...``), which ``_format_error`` appends to the dataset's.
+        """
+        label = "the label (rows.parquet and the encoded splits call it 'label', whatever its name in the log)"
+        rows: dict[str, str] = {LABEL_COLUMN: label}  # rows.parquet column -> the key it comes from
+        kinds: dict[str, ColumnKind] = {LABEL_COLUMN: "label"}  # rows.parquet column -> its kind
+        fields: dict[str, str] = {LABEL_COLUMN: label}  # encoded split column -> the key it comes from
+        tables = [("columns", self.columns, None)]
+        tables += [(f"joins.{i}.columns", j.columns, j.key) for i, j in enumerate(self.joins)]
+        for prefix, columns, key in tables:
+            if key is not None:
+                _check_join_key(prefix, columns[key], key, rows, kinds)
+            for name, col in columns.items():
+                where = f"{prefix}.{name}"
+                for own in (name, col.field if col.kind == "flag" else None):
+                    if own in INGEST_COLUMNS:
+                        raise ValueError(f"{where}: {own!r} is the name of ingest's own column for "
+                                         f"{INGEST_COLUMNS[own]}; give this column another name")
+                if name == key or col.kind == "drop":
+                    continue  # a join key is in the rows already (encode's plan_fields skips it too)
+                if col.kind == "label":
+                    if key is not None:
+                        raise ValueError(f"{where}: a side table cannot hold the label (the main log's columns do)")
+                    continue
+                if col.kind == "flag":  # a table's flags of one field make one column: the first flag's key owns it
+                    assert col.field is not None
+                    out = col.field
+                    owner = next(f"{prefix}.{n}.field" for n, c in columns.items() if c.kind == "flag"
+                                 and c.field == out)
+                    outputs = {out: owner}
+                else:
+                    out, owner = name, where
+                    outputs = ({derived_field_name(name, d): f"{where}.derive" for d in col.derive}
+                               if col.kind == "timestamp" else {name: where})
+                other = rows.get(out, owner)
+                joined = key is not None and not other.startswith(f"{prefix}.")
+                _claim(rows, out, where, owner, label, f"the join would keep this table's as {out + '_right'!r}, "
+                       f"which no field reads" if joined else "the rows cannot hold two columns of one name")
+                kinds[out] = col.kind
+                for field, field_owner in outputs.items():
+                    _claim(fields, field, where, field_owner, label, "encode would make two fields of one name")
 
     @property
     def sep(self) -> str:

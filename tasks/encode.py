@@ -53,7 +53,7 @@ from tasks.common import (
     stage_main,
     write_json,
 )
-from tasks.config import DatasetSpec, Params
+from tasks.config import DatasetSpec, Params, derived_field_name
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def plan_fields(spec: DatasetSpec) -> list[Field]:
             elif col.kind == "multi_valued":
                 fields.append(Field(name, "multi_valued", name, max_length=col.max_length))
             elif col.kind == "timestamp":
-                fields += [Field(f"{name}_{d}", "categorical", name, derive=d) for d in col.derive]
+                fields += [Field(derived_field_name(name, d), "categorical", name, derive=d) for d in col.derive]
             elif col.kind == "flag" and col.field not in flag_fields:
                 flag_fields.add(col.field or name)
                 n_flags = sum(c.kind == "flag" and c.field == col.field for c in columns.values())

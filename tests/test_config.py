@@ -136,6 +136,101 @@ def test_a_dropped_column_keeps_its_settings() -> None:
     assert params.spec.columns["price"].kind == "drop"
 
 
+CLICKED = {"clicked": {"kind": "label", "positive": ["1"]}}
+SIDE = {"path": "s.tsv", "key": "user"}  # a side table joined on the main log's `user`
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    # a side table's column beside the main log's became device_right, which no field read
+    ({"columns": {**CLICKED, "user": "categorical", "device": "categorical"},
+      "joins": [{**SIDE, "columns": {"user": "categorical", "device": "categorical"}}]},
+     r"joins\.0\.columns\.device: 'device' clashes with columns\.device: the join would keep this table's as "
+     r"'device_right'"),
+    ({"columns": {**CLICKED, "user": "categorical", "item": "categorical", "a": {"kind": "flag", "field": "genres"}},
+      "joins": [{**SIDE, "key": "item", "columns": {"item": "categorical", "b": {"kind": "flag", "field": "genres"}}}]},
+     r"joins\.0\.columns\.b: 'genres' clashes with columns\.a\.field"),
+    # a raw column named as a field that a timestamp derives: encode kept one of the two
+    ({"columns": {**CLICKED, "ts": {"kind": "timestamp", "derive": ["hour", "weekday"]}, "ts_hour": "categorical"}},
+     r"columns\.ts_hour: 'ts_hour' clashes with columns\.ts\.derive: encode would make two fields of one name"),
+    ({"columns": {**CLICKED, "user": "categorical", "ts": "timestamp"},
+      "joins": [{**SIDE, "columns": {"user": "categorical", "ts_weekend": "numeric"}}]},
+     r"joins\.0\.columns\.ts_weekend: 'ts_weekend' clashes with columns\.ts\.derive"),
+    ({"columns": {**CLICKED, "genres": "categorical", "a": {"kind": "flag", "field": "genres"}}},
+     r"columns\.a: 'genres' clashes with columns\.genres: the rows cannot hold two columns of one name"),
+    # `label` names the label in rows.parquet and the encoded splits (Polars' DuplicateError in ingest)
+    ({"columns": {**CLICKED, "label": "categorical"}}, r"columns\.label: 'label' is the name of the label"),
+    ({"columns": {"label": "categorical", "item": "categorical"}, "implicit": {"user": "label", "item": "item"}},
+     r"columns\.label: 'label' is the name of the label"),  # sampling's label overwrote it
+    ({"columns": {**CLICKED, "a": {"kind": "flag", "field": "label"}}},
+     r"columns\.a: 'label' is the name of the label"),
+    # a join key of two kinds (Polars' SchemaError), or one the rows do not have (ColumnNotFoundError)
+    ({"columns": {**CLICKED, "user": "numeric"},
+      "joins": [{**SIDE, "columns": {"user": "categorical", "a": "numeric"}}]},
+     r"joins\.0\.columns\.user\.kind: the join key is categorical here and numeric in columns\.user"),
+    ({"columns": {**CLICKED, "user": "drop"}, "joins": [{**SIDE, "columns": {"user": "categorical", "a": "numeric"}}]},
+     r"joins\.0\.key: 'user' is not a column of the rows it joins"),
+    ({"columns": {**CLICKED, "user": "categorical"},
+      "joins": [{**SIDE, "columns": {"user": "categorical", "rating": {"kind": "label", "threshold": 4}}}]},
+     r"joins\.0\.columns\.rating: a side table cannot hold the label"),
+])
+def test_column_names_that_clash_are_named(spec: dict, message: str) -> None:
+    raw = {**MINIMAL, "datasets": {"t": {"paths": ["x.tsv"], "format": "tsv", **spec}}}
+    with pytest.raises(ConfigError, match=rf"datasets\.t\.{message}"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("name", ["line", "undecodable", "_line", "_reason", "_n_fields", "_unbalanced", "_no_colon",
+                                  "_used"])
+def test_a_column_named_as_ingests_own_is_named(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"datasets\.t\.columns\.{name}: '{name}' is the name of ingest's own col"):
+        parse_params(with_columns({**CLICKED, name: "categorical"}))
+    side = {**SIDE, "columns": {"user": "categorical", name: "categorical"}}
+    raw = with_columns({**CLICKED, "user": "categorical"})
+    raw["datasets"]["t"]["joins"] = [side]
+    with pytest.raises(ConfigError, match=rf"datasets\.t\.joins\.0\.columns\.{name}: '{name}' is the name of ingest"):
+        parse_params(raw)
+
+
+def test_names_that_do_not_clash_are_kept() -> None:
+    """rejected.parquet's own columns are a table apart; a dropped column makes no column; a join may key on an
+    earlier join's column; the label column itself may be called `label`."""
+    spec = {"paths": ["x.tsv"], "format": "tsv",
+            "columns": {"label": {"kind": "label", "positive": ["1"]}, "user": "categorical", "file": "categorical",
+                        "reason": "categorical", "detail": "numeric", "raw": "categorical", "zip": "drop",
+                        "ts": {"kind": "timestamp", "derive": ["hour"]}, "ts_weekday": "categorical"},
+            "joins": [{**SIDE, "columns": {"user": "categorical", "zip": "categorical", "city": "categorical"}},
+                      {**SIDE, "key": "city", "columns": {"city": "categorical", "region": "categorical"}}]}
+    assert parse_params({**MINIMAL, "datasets": {"t": spec}}).spec.joins[1].key == "city"
+
+
+def test_the_reserved_names_are_the_pipelines() -> None:
+    """Each of INGEST_COLUMNS really clashes in ingest (so none is refused for nothing), and `label` is LABEL."""
+    import polars as pl
+
+    from tasks.common import LABEL
+    from tasks.config import INGEST_COLUMNS, LABEL_COLUMN, ColumnSpec, DatasetSpec, ImplicitSpec
+    from tasks.ingest import parse_lines, parse_quoted_lines, sample_negatives
+
+    assert LABEL == LABEL_COLUMN
+
+    def clashes(name: str) -> bool:
+        columns = {"y": ColumnSpec(kind="label", positive=["1"]), name: ColumnSpec(kind="categorical")}
+        lines = pl.DataFrame({"line": ["1 3:a", "1,a"], "undecodable": [False, False], "_line": [1, 2]})
+        try:
+            for parsed in (parse_lines(lines[:1], columns, " ", libfm=True), parse_lines(lines[:1], columns, " "),
+                           parse_quoted_lines(lines[1:], columns, ",", '"')):
+                if parsed[0][name].to_list() not in (["3"], ["3:a"], ["a"]):
+                    return True
+            spec = DatasetSpec.model_construct(implicit=ImplicitSpec(user="u", item=name, negatives=1))
+            sample_negatives(pl.DataFrame({"u": ["p", "p", "q"], name: ["a", "b", "c"]}), spec, 0)
+        except (pl.exceptions.PolarsError, TypeError):  # TypeError: with_columns(_n_fields=..., **{"_n_fields": ...})
+            return True
+        return False
+
+    assert [n for n in INGEST_COLUMNS if not clashes(n)] == []
+    assert [n for n in ("file", "reason", "detail", "raw", "x") if clashes(n)] == []
+
+
 def test_overrides_like_dvc_set_param(tmp_path: Path) -> None:
     params = load_params(write(tmp_path, MINIMAL), overrides={"encode.min_count": 5})
     assert params.encode.min_count == 5
