@@ -300,6 +300,10 @@ class DatasetSpec(Strict):
             raise ValueError("libfm files have no header")
         if self.format == "libfm" and self.quoting:
             raise ValueError("libfm files have no quoted fields: leave `quoting` out")
+        if self.format == "parquet":  # columns come by name and type from the file: the text settings do nothing
+            given = [key for key in ("separator", "quoting", "header", "encoding") if key in self.model_fields_set]
+            if given:
+                raise ValueError(f"{', '.join(given)}: for text logs only; a Parquet file's columns are read by name")
         if self.quoting and len(self.sep) != 1:
             raise ValueError(f"quoting: true needs a one-character separator (got {self.sep!r})")
         if self.implicit is not None:

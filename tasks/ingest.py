@@ -89,6 +89,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 def is_gzip(path: Path) -> bool:
     """Read as gzip by its first bytes, whatever its name says (`log.csv` may be gzip, `log.gz` may not)."""
+    if not path.is_file():  # a directory, or nothing: read_table says which
+        return False
     with open(path, "rb") as f:
         return f.read(2) == GZIP_MAGIC
 
@@ -552,6 +554,8 @@ def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, head
     for path in paths:
         if not path.exists():
             raise StageError(f"{path}: input file not found")
+        if path.is_dir():
+            raise StageError(f"{path}: a directory, not a log file: list the files in it under the spec's `paths`")
         if path.stat().st_size == 0:
             raise StageError(f"{path}: input file is empty")
         if parquet:

@@ -345,3 +345,11 @@ def test_a_key_given_twice_is_an_error_with_its_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"not valid YAML: found duplicate key 'site' on line 10 \(first on line 8\)"):
         load_params(path)
     assert read_yaml("base: &b {x: 1}\nmerged: {<<: *b, x: 2}")["merged"] == {"x": 2}
+
+
+@pytest.mark.parametrize("key", [{"header": True}, {"separator": ";"}, {"encoding": "latin1"}, {"quoting": False}])
+def test_text_settings_on_a_parquet_log_are_named(key: dict) -> None:
+    spec = {"paths": ["x.parquet"], "format": "parquet", "columns": {"label": {"kind": "label", "positive": ["1"]}},
+            **key}
+    with pytest.raises(ConfigError, match=rf"datasets\.t.*{next(iter(key))}: for text logs only"):
+        parse_params({"dataset": "t", "datasets": {"t": spec}})

@@ -336,3 +336,9 @@ def test_a_file_with_only_a_header_is_named(workdir: Path) -> None:
     with pytest.raises(StageError, match=r"no data lines in .*head.csv.*: only a header"):
         ingest.run(tiny_params({"label": COLUMNS["label"], "C1": "categorical"}, path, format="csv",
                                spec={"header": True}))
+
+
+def test_a_directory_in_paths_is_named(workdir: Path) -> None:
+    (workdir / "logs").mkdir()
+    with pytest.raises(StageError, match=r"logs: a directory, not a log file"):
+        ingest.run(tiny_params(COLUMNS, workdir / "logs"))
