@@ -230,7 +230,7 @@ def test_disabled_mode_does_not_import_wandb() -> None:
 def test_stages_track_config_epochs_and_gate_tables(workdir: Path, fake_runs: list[FakeTracker],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     for stage in (baselines, search_interaction, search_embed, retrain, autofis, transfer):
-        monkeypatch.setattr(stage, "load_encoded", lambda: (FIELDS, SPLITS))
+        monkeypatch.setattr(stage, "load_encoded", lambda dataset=None: (FIELDS, SPLITS))
     grda = {"c": 0.0}  # no L1 pull: every gate stays open, so every stage has interactions and dimensions to show
     params = tiny(
         baselines={"embedding_dim": 4, "models": {"fm": {"train": {"lr": 0.01}}}},
