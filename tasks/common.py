@@ -17,6 +17,8 @@ from tasks.config import ConfigError, Params, load_params
 INTERIM = Path("data/interim")
 ROWS = INTERIM / "rows.parquet"
 REJECTED = INTERIM / "rejected.parquet"
+# The end of a rejected line's detail whose value looks like R's NA or Hive's \N (ingest writes it, validate counts it)
+MARKER_HINT = " (a missing-value marker? list it in the dataset's `missing_values`)"
 MANIFEST = INTERIM / "manifest.json"  # what ingest read (files, checksums) and wrote (columns), and for which dataset
 ENCODED = Path("data/encoded")
 SPLITS = ("train", "valid", "test")

@@ -280,6 +280,9 @@ class DatasetSpec(Strict):
     quoting: bool | None = None
     header: bool | Literal["auto"] = False
     encoding: Literal["utf8", "latin1"] = "utf8"
+    # Texts that mean "no value" in this export besides an empty field (R writes NA, Hive \N): in a numeric,
+    # categorical or timestamp field they are missing, in a multi-valued one the token is dropped; joins too.
+    missing_values: list[str] = []
     columns: dict[str, ColumnSpec]
     joins: list[JoinSpec] = []
     implicit: ImplicitSpec | None = None

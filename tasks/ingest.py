@@ -20,7 +20,7 @@ import csv
 import gzip
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tasks.common import (
     INTERIM,
     LABEL,
     MANIFEST,
+    MARKER_HINT,
     METRICS,
     REJECTED,
     ROWS,
@@ -105,7 +106,7 @@ def check_readable_as_text(path: Path) -> None:
 
 
 def read_parquet_file(path: Path, columns: dict[str, ColumnSpec], sep: str, block_rows: int,
-                      ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
+                      missing: Sequence[str] = ()) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
     """A Parquet log as ``read_table`` yields a text log's blocks, ``block_rows`` rows at a time.
 
     The spec's columns are taken by name (others are ignored) and written as the text reader would see them, so
@@ -118,9 +119,9 @@ def read_parquet_file(path: Path, columns: dict[str, ColumnSpec], sep: str, bloc
     except (pa.ArrowInvalid, OSError) as err:
         raise StageError(f"{path}: not a readable Parquet file ({err})") from err
     schema = parquet.schema_arrow
-    missing = [name for name in columns if name not in schema.names]
-    if missing:
-        raise StageError(f"{path}: the dataset spec's columns {missing} are not in the file, which has "
+    absent = [name for name in columns if name not in schema.names]
+    if absent:
+        raise StageError(f"{path}: the dataset spec's columns {absent} are not in the file, which has "
                          f"{schema.names}")
     total, size, first = max(parquet.metadata.num_rows, 1), path.stat().st_size, 1
     for batch in parquet.iter_batches(batch_size=block_rows, columns=list(columns)):
@@ -147,7 +148,7 @@ def read_parquet_file(path: Path, columns: dict[str, ColumnSpec], sep: str, bloc
                 column = column.cast(pl.String)
             as_text.append(column.alias(name))
         df = df.select(*as_text).with_columns(_line=pl.int_range(first, first + pl.len(), dtype=pl.Int64))
-        rows, rejected = type_fields(df, columns, [], pl.struct(list(columns)).struct.json_encode())
+        rows, rejected = type_fields(df, columns, [], pl.struct(list(columns)).struct.json_encode(), missing)
         rejected = rejected.with_columns(file=pl.lit(str(path))).select(list(REJECTED_SCHEMA))
         yield rows, rejected, {"lines": df.height, "header_lines": 0, "bytes": size * df.height // total}
         first += df.height
@@ -215,15 +216,17 @@ _YEAR_2200_S = 7_258_118_400  # 2200-01-01 in unix seconds
 _YEAR_1973_MS = 100_000_000_000  # 1973-03-03 in unix milliseconds
 
 
-def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
+def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None, missing: Sequence[str] = (),
            ) -> tuple[list[pl.Expr], list[tuple[pl.Expr, str, pl.Expr]]]:
     """Expressions turning raw column ``name`` (String, or ``dtype`` where the reader typed it) into its
-    typed column(s), and its checks.
+    typed column(s), and its checks. A value in ``missing`` (spaces around it aside) is an empty field.
 
     A check is (failing condition, reason, detail): the reason is a category that metrics count, the
     detail says what exactly was wrong on that line.
     """
     raw = pl.col(name)
+    if missing and spec.kind in ("numeric", "categorical", "timestamp") and dtype in (None, pl.String):
+        raw = pl.when(raw.str.strip_chars(" ").is_in(list(missing))).then(pl.lit("")).otherwise(raw)
     value = pl.when(raw.str.len_bytes() > 0).then(raw)  # empty field -> missing
     if spec.kind == "label":
         if spec.threshold is not None:
@@ -251,13 +254,17 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
         num = value.cast(pl.Float64, strict=False)
         return [pl.when(~num.is_nan()).then(num).alias(name)], [
             (value.is_not_null() & num.is_null(), f"non-numeric value in {name}",
-             pl.format("{} = '{}'", pl.lit(name), raw)),
+             pl.concat_str(pl.format("{} = '{}'", pl.lit(name), raw), marker_hint(text))),
             (num.is_infinite(), *infinite)]
     if spec.kind == "categorical":
         out = value.str.slice(0, spec.prefix) if spec.prefix else value
         return [out.alias(name)], []
     if spec.kind == "multi_valued":
-        tokens = raw.str.split(spec.separator).list.eval(pl.element().filter(pl.element().str.len_bytes() > 0))
+        token = pl.element()
+        kept = token.str.len_bytes() > 0
+        if missing:
+            kept &= ~token.str.strip_chars(" ").is_in(list(missing))
+        tokens = raw.str.split(spec.separator).list.eval(token.filter(kept))
         return [tokens.alias(name)], []
     if spec.kind == "timestamp":
         checks: list[tuple[pl.Expr, str, pl.Expr]] = []
@@ -285,11 +292,22 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None,
             ts = text.str.strptime(pl.Datetime("us"), fmt, strict=False)
         ts = ts.cast(pl.Datetime("us"))
         return [ts.alias(name)], [(value.is_not_null() & ts.is_null(), f"unparseable timestamp in {name}",
-                                   pl.format("{} = '{}' (format {})", pl.lit(name), raw,
-                                             pl.lit(spec.time_format))), *checks]
+                                   pl.concat_str(pl.format("{} = '{}' (format {})", pl.lit(name), raw,
+                                                           pl.lit(spec.time_format)),
+                                                 marker_hint(raw.str.strip_chars(" ")))), *checks]
     if spec.kind == "flag":
         return [], [(~raw.is_in(["0", "1"]), f"flag not 0/1 in {name}", pl.format("{} = '{}'", pl.lit(name), raw))]
     return [], []  # drop
+
+
+# How exports write "no value" (R, SQL, Hive, pandas, Excel): a field holding one of these where a number or a time
+# should be is most likely missing, and the rejected line's detail says where to declare it.
+COMMON_MISSING_MARKERS = ["NA", "N/A", "n/a", "na", "NULL", "null", "Null", "None", "none", "\\N", "#N/A", "-", "?"]
+
+
+def marker_hint(text: pl.Expr) -> pl.Expr:
+    """A detail's suffix where ``text`` is a common missing-value marker (empty otherwise)."""
+    return pl.when(text.is_in(COMMON_MISSING_MARKERS)).then(pl.lit(MARKER_HINT)).otherwise(pl.lit(""))
 
 
 def iso8601(text: pl.Expr) -> pl.Expr:
@@ -326,7 +344,7 @@ def unbalanced_detail(quote: str) -> str:
 
 
 def parse_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, libfm: bool = False,
-                quote: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                quote: str | None = None, missing: Sequence[str] = ()) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split and type a block's lines. Returns (typed rows with ``_line``, rejected lines with reasons).
 
     ``lines`` has columns line (String), undecodable (Boolean), _line (Int64 line number).
@@ -334,7 +352,7 @@ def parse_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, l
     names = list(columns)
     n = len(names)
     if quote is not None and lines["line"].str.contains(quote, literal=True).any():
-        return parse_quoted_lines(lines, columns, sep, quote)
+        return parse_quoted_lines(lines, columns, sep, quote, missing)
     if libfm:  # `label idx:val idx:val ...`: one token per field, in field order; collapse repeated spaces
         lines = lines.with_columns(pl.col("line").str.strip_chars(" ").str.replace_all(" +", " "))
     df = lines.with_columns(
@@ -350,11 +368,11 @@ def parse_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, l
         checks.append((pl.col("_no_colon"), "libfm token without ':'", pl.lit("every feature token is idx:value")))
         df = df.with_columns(pl.col(c).str.split_exact(":", 1).struct.field("field_0").alias(c)
                              for c in feature_cols)
-    return type_fields(df, columns, checks, pl.col("line"))
+    return type_fields(df, columns, checks, pl.col("line"), missing)
 
 
 def parse_quoted_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep: str, quote: str,
-                       ) -> tuple[pl.DataFrame, pl.DataFrame]:
+                       missing: Sequence[str] = ()) -> tuple[pl.DataFrame, pl.DataFrame]:
     """``parse_lines`` for a block with quoted fields, split by Python's csv module, a line at a time: only the
     general path's rare blocks (bad bytes, Latin-1, lone CRs) come here; quoted UTF-8 takes the fast path."""
     names = list(columns)
@@ -373,17 +391,18 @@ def parse_quoted_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep:
     df = lines.with_columns(_n_fields=pl.Series(counts, dtype=pl.Int64), _unbalanced=pl.Series(unbalanced),
                             **{name: pl.Series(values, dtype=pl.String) for name, values in zip(names, fields,
                                                                                                 strict=True)})
-    return type_fields(df, columns, line_checks(len(names), quote), pl.col("line"))
+    return type_fields(df, columns, line_checks(len(names), quote), pl.col("line"), missing)
 
 
 def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[tuple[pl.Expr, str, pl.Expr]],
-                raw: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
+                raw: pl.Expr, missing: Sequence[str] = ()) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Type the raw string columns of ``df`` (one per declared column, plus ``_line``); a row failing any
-    check (the given ones first, then the columns' own) is rejected with the first reason and ``raw``."""
+    check (the given ones first, then the columns' own) is rejected with the first reason and ``raw``.
+    ``missing``: the spec's missing-value markers."""
     checks = list(checks)
     outputs: list[pl.Expr] = []
     for name, spec in columns.items():
-        exprs, column_checks = _typed(name, spec, df.schema.get(name))
+        exprs, column_checks = _typed(name, spec, df.schema.get(name), missing)
         outputs += exprs
         checks += column_checks
     flag_groups: dict[str, list[str]] = {}
@@ -410,7 +429,7 @@ def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[t
 
 
 def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[str, ColumnSpec], sep: str,
-                     quote: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+                     quote: str | None = None, missing: Sequence[str] = ()) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     """The common case at full speed: a valid UTF-8 block, LF line ends, a one-byte separator.
 
     Polars' multi-threaded CSV reader parses the block as it is, numeric columns as numbers. Its shape is
@@ -506,7 +525,7 @@ def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[
         if df.height != len(line_numbers):
             return None
     df = df.with_columns(_line=pl.Series(line_numbers))
-    rows, rejected = type_fields(df, columns, [], pl.lit(None, pl.String))
+    rows, rejected = type_fields(df, columns, [], pl.lit(None, pl.String), missing)
     if rejected.height:  # the raw text of the (few) rejected lines, exactly as in the file
         rejected = rejected.with_columns(raw=pl.Series(raw_lines(rejected["line"].to_list()), dtype=pl.String))
     return rows, pl.concat([shape_rejected, rejected]).sort("line")
@@ -547,10 +566,12 @@ def strip_byte_order_mark(path: Path, block: bytes, encoding: str) -> bytes:
 
 def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, header: bool | str,
                encoding: str, libfm: bool, block_bytes: int, checksums: dict[str, str] | None = None,
-               quote: str | None = None, parquet: bool = False) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
+               quote: str | None = None, parquet: bool = False, missing: Sequence[str] = (),
+               ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
     """Parse files block by block: yields (typed rows, rejected lines, counts) per block. Given
     ``checksums``, each file's sha256 is put there once the file has been read; given ``quote``, fields may be
-    quoted with it; ``parquet``: the files are Parquet (``read_parquet_file``)."""
+    quoted with it; ``parquet``: the files are Parquet (``read_parquet_file``); ``missing``: the spec's
+    missing-value markers."""
     for path in paths:
         if not path.exists():
             raise StageError(f"{path}: input file not found")
@@ -560,7 +581,7 @@ def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, head
             raise StageError(f"{path}: input file is empty")
         if parquet:
             # about 64 bytes of text a row: a block of rows holds about what a block of text does
-            yield from read_parquet_file(path, columns, sep, max(block_bytes // 64, 1024))
+            yield from read_parquet_file(path, columns, sep, max(block_bytes // 64, 1024), missing)
             if checksums is not None:
                 checksums[str(path)] = _sha256(path)
             continue
@@ -579,12 +600,12 @@ def read_table(paths: list[Path], columns: dict[str, ColumnSpec], sep: str, head
                     block, first_line, header_lines, n_lines = block[eol + 1 :], first_line + 1, 1, n_lines - 1
             if not block:
                 continue
-            parsed = (parse_block_fast(block, first_line, n_lines, columns, sep, quote)
+            parsed = (parse_block_fast(block, first_line, n_lines, columns, sep, quote, missing)
                       if encoding == "utf8" and not libfm else None)
             if parsed is None:  # the general path: bad bytes, CR line ends, libfm, Latin-1, long separators
                 lines = block_lines(block, encoding).with_columns(
                     _line=pl.int_range(first_line, first_line + pl.len(), dtype=pl.Int64))
-                parsed = parse_lines(lines, columns, sep, libfm, quote)
+                parsed = parse_lines(lines, columns, sep, libfm, quote, missing)
             rows, rejected = parsed
             rejected = rejected.with_columns(file=pl.lit(str(path))).select(list(REJECTED_SCHEMA))
             yield rows, rejected, {"lines": n_lines, "header_lines": header_lines, "bytes": size}
@@ -626,13 +647,13 @@ def sample_negatives(rows: pl.DataFrame, spec: DatasetSpec, seed: int) -> pl.Dat
     return pl.concat([positives, negatives.select(positives.columns)])
 
 
-def read_side_table(join: JoinSpec, block_bytes: int, rejected: list[pl.DataFrame],
+def read_side_table(join: JoinSpec, block_bytes: int, rejected: list[pl.DataFrame], missing: Sequence[str] = (),
                     ) -> tuple[pl.DataFrame, dict[str, int]]:
     """A side table's typed rows, one per key (the first where a key repeats); its bad lines are appended to
-    ``rejected`` like the main file's."""
+    ``rejected`` like the main file's. ``missing``: the dataset's missing-value markers."""
     parts, lines = [], 0
     for typed, bad, counts in read_table([Path(join.path)], join.columns, join.separator, join.header,
-                                         join.encoding, False, block_bytes, quote=join.quote):
+                                         join.encoding, False, block_bytes, quote=join.quote, missing=missing):
         parts.append(typed.drop("_line"))
         rejected.append(bad)
         lines += counts["lines"]
@@ -643,10 +664,10 @@ def read_side_table(join: JoinSpec, block_bytes: int, rejected: list[pl.DataFram
 
 
 def join_side_table(rows: pl.DataFrame, join: JoinSpec, block_bytes: int, rejected: list[pl.DataFrame],
-                    ) -> tuple[pl.DataFrame, dict[str, int]]:
+                    missing: Sequence[str] = ()) -> tuple[pl.DataFrame, dict[str, int]]:
     """Left-join a side table's typed columns onto the rows by ``join.key``. Rows whose key is absent from the
     side table keep nulls (missing)."""
-    side, stats = read_side_table(join, block_bytes, rejected)
+    side, stats = read_side_table(join, block_bytes, rejected, missing)
     out = rows.join(side, on=join.key, how="left", maintain_order="left")
     unmatched = out.height - rows.join(side.select(join.key), on=join.key, how="semi").height
     return out, stats | {"unmatched_rows": unmatched}
@@ -721,7 +742,7 @@ def run(params: Params) -> dict[str, Any]:
     checksums: dict[str, str] = {}
     for rows, bad, counts in read_table(paths, spec.columns, spec.sep, spec.header, spec.encoding,
                                         spec.format == "libfm", block_bytes, checksums, spec.quote,
-                                        spec.format == "parquet"):
+                                        spec.format == "parquet", spec.missing_values):
         progress.update(counts["bytes"])
         totals["lines"] += counts["lines"]
         totals["header_lines"] += counts["header_lines"]
@@ -768,7 +789,7 @@ def run(params: Params) -> dict[str, Any]:
             result["negatives_sampled"] = table_rows.height - totals["rows_ok"]
         for join in spec.joins:
             before = sum(len(r) for r in rejected)
-            table_rows, stats = join_side_table(table_rows, join, block_bytes, rejected)
+            table_rows, stats = join_side_table(table_rows, join, block_bytes, rejected, spec.missing_values)
             side_rejected = sum(len(r) for r in rejected) - before
             result.setdefault("joins", {})[join.path] = stats | {"rows_rejected": side_rejected}
         table_rows = table_rows.select(LABEL, pl.exclude(LABEL))

@@ -107,7 +107,8 @@ def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabell
     vocabularies = read_vocabularies()
     block_bytes = params.ingest.block_mb << 20
     rejected: list[pl.DataFrame] = []
-    sides = [(join.key, read_side_table(join, block_bytes, rejected)[0]) for join in spec.joins]  # read once
+    sides = [(join.key, read_side_table(join, block_bytes, rejected, spec.missing_values)[0])
+             for join in spec.joins]  # read once
     labels, probabilities = [], []
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = ParquetStream(out)
@@ -116,7 +117,7 @@ def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabell
         for path in paths:  # one file at a time, so each row knows its file
             for rows, bad, counts in read_table([path], columns, spec.sep, spec.header, spec.encoding,
                                                 spec.format == "libfm", block_bytes, quote=spec.quote,
-                                                parquet=spec.format == "parquet"):
+                                                parquet=spec.format == "parquet", missing=spec.missing_values):
                 progress.update(counts["bytes"])
                 rejected.append(bad)
                 if rows.height == 0:

@@ -28,6 +28,7 @@ import polars.selectors as cs
 from tasks.common import (
     FEATURE_MAP,
     LABEL,
+    MARKER_HINT,
     METRICS,
     REJECTED,
     REPORTS,
@@ -259,6 +260,11 @@ def run(params: Params) -> dict[str, Any]:
                 ingest.get("rejected_by_reason", {}).items(), key=lambda item: -item[1])[:4])
             details.append(f"the rejected lines ({reasons}) are in {REJECTED} with their reasons; if they are "
                            f"expected, raise validate.max_rejected_fraction")
+            marked = pl.read_parquet(REJECTED, columns=["detail"]).filter(pl.col("detail").str.ends_with(MARKER_HINT))
+            if marked.height:  # the common case of a real export: R's NA or Hive's \N where a number should be
+                example = marked["detail"][0].removesuffix(MARKER_HINT)
+                details.append(f"{marked.height:,} of them hold a missing-value marker ({example}): list it in "
+                               f"the dataset's `missing_values` to read it as missing")
         lines = "\n".join(f"  {d}" for d in details)
         raise StageError(
             f"validation failed: {len(failures)} of {evaluated} expectations "

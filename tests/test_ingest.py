@@ -342,3 +342,47 @@ def test_a_directory_in_paths_is_named(workdir: Path) -> None:
     (workdir / "logs").mkdir()
     with pytest.raises(StageError, match=r"logs: a directory, not a log file"):
         ingest.run(tiny_params(COLUMNS, workdir / "logs"))
+
+
+def test_missing_value_markers_are_missing_where_the_spec_lists_them(workdir: Path) -> None:
+    """R writes `NA`, Hive `\\N`: without `missing_values` such a number is kept aside, with a detail that names
+    the key; listed, the marker is missing in every kind of field (a token of a multi-valued field is dropped), on
+    the fast path and the general one, and a label stays a label (a marker there is no label)."""
+    lines = ["1\t3\ta\t14102100\tx|NA", "0\tNA\tNA\tNA\ty", "1\t\\N\t\\N\t14102102\t\\N", "0\t5\tb\t14102103\tz",
+             "NA\t6\tc\t14102104\tx"]
+    for eol in ("\n", "\r\n"):  # CR line ends take the general path
+        path = workdir / "log.tsv"
+        path.write_text(eol.join(lines) + eol)
+        m = ingest.run(tiny_params(COLUMNS, path))
+        assert m["rejected_by_reason"] == {"non-numeric value in I1": 2, "label outside mapping": 1}
+        detail = pl.read_parquet(REJECTED).sort("line")["detail"].to_list()
+        assert detail[0] == "I1 = 'NA' (a missing-value marker? list it in the dataset's `missing_values`)"
+        assert detail[1] == "I1 = '\\N' (a missing-value marker? list it in the dataset's `missing_values`)"
+
+        m = ingest.run(tiny_params(COLUMNS, path, spec={"missing_values": ["NA", "\\N"]}))
+        assert m["rows_ok"] == 4 and m["rejected_by_reason"] == {"label outside mapping": 1}
+        rows = pl.read_parquet(ROWS)
+        assert rows["I1"].to_list() == [3.0, None, None, 5.0]
+        assert rows["C1"].to_list() == ["a", None, None, "b"]
+        assert rows["T"].is_null().to_list() == [False, True, False, False]
+        assert rows["M"].to_list() == [["x"], ["y"], [], ["z"]]
+
+
+
+def test_missing_value_markers_apply_to_side_tables_and_parquet(workdir: Path) -> None:
+    """The dataset's markers hold for its joined tables and for a Parquet log's text columns too."""
+    (workdir / "users.tsv").write_text("u1\t34\tNULL\nu2\tNULL\tstudent\n")
+    (workdir / "log.tsv").write_text("1\tu1\n0\tu2\n")
+    side = {"path": str(workdir / "users.tsv"), "key": "user",
+            "columns": {"user": "categorical", "age": "numeric", "job": "categorical"}}
+    columns = {"label": {"kind": "label", "positive": ["1"], "negative": ["0"]}, "user": "categorical"}
+    m = ingest.run(tiny_params(columns, workdir / "log.tsv", spec={"joins": [side], "missing_values": ["NULL"]}))
+    assert m["rows_out"] == 2 and m["joins"][str(workdir / "users.tsv")]["rows_rejected"] == 0
+    rows = pl.read_parquet(ROWS)
+    assert rows["age"].to_list() == [34.0, None] and rows["job"].to_list() == [None, "student"]
+
+    pl.DataFrame({"label": ["1", "0"], "site": ["NA", "a"], "price": ["2.5", " NA "]}).write_parquet("log.parquet")
+    columns = {"label": columns["label"], "site": "categorical", "price": "numeric"}
+    m = ingest.run(tiny_params(columns, workdir / "log.parquet", format="parquet", spec={"missing_values": ["NA"]}))
+    assert m["rows_ok"] == 2
+    assert pl.read_parquet(ROWS).select("site", "price").rows() == [(None, 2.5), ("a", None)]

@@ -187,3 +187,12 @@ def test_too_many_rejected_lines_fail_with_their_reasons(tmp_path: Path, monkeyp
     assert "ingest: rejected lines at most 40% of the 9 read (3) (observed: 4)" in message
     assert (f"the rejected lines (wrong column count 3, empty line 1) are in {REJECTED} with their reasons; "
             "if they are expected, raise validate.max_rejected_fraction") in message
+    assert "missing-value marker" not in message
+
+    # Lines kept aside for a marker such as R's NA: the message says which key reads it as missing
+    hint = " (a missing-value marker? list it in the dataset's `missing_values`)"
+    pl.DataFrame({"file": ["x.tsv"] * 4, "line": [1, 2, 3, 4], "reason": ["non-numeric value in I1"] * 4,
+                  "detail": [f"I1 = 'NA'{hint}"] * 3 + ["I1 = 'x'"], "raw": [""] * 4}).write_parquet(REJECTED)
+    with pytest.raises(StageError, match=r"3 of them hold a missing-value marker \(I1 = 'NA'\): list it in the "
+                                         r"dataset's `missing_values`"):
+        validate.run(params(max_rejected=0.4))
