@@ -217,28 +217,34 @@ _YEAR_1973_MS = 100_000_000_000  # 1973-03-03 in unix milliseconds
 
 
 def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None, missing: Sequence[str] = (),
-           ) -> tuple[list[pl.Expr], list[tuple[pl.Expr, str, pl.Expr]]]:
+           padded: bool = True) -> tuple[list[pl.Expr], list[tuple[pl.Expr, str, pl.Expr]]]:
     """Expressions turning raw column ``name`` (String, or ``dtype`` where the reader typed it) into its
-    typed column(s), and its checks. A value in ``missing`` (spaces around it aside) is an empty field.
+    typed column(s), and its checks. Spaces around a value are dropped (`a, b` in a csv is `a` and `b`, as a
+    number's are in the CSV reader's own parse) where the column is ``padded`` (holds a space: stripping a
+    column costs a third of a block's typing, and most logs have none); a value in ``missing`` is an empty
+    field, and an empty field is missing.
 
     A check is (failing condition, reason, detail): the reason is a category that metrics count, the
-    detail says what exactly was wrong on that line.
+    detail says what exactly was wrong on that line (with the raw value).
     """
     raw = pl.col(name)
-    if missing and spec.kind in ("numeric", "categorical", "timestamp") and dtype in (None, pl.String):
-        raw = pl.when(raw.str.strip_chars(" ").is_in(list(missing))).then(pl.lit("")).otherwise(raw)
-    value = pl.when(raw.str.len_bytes() > 0).then(raw)  # empty field -> missing
+    if dtype == pl.Float64:  # a numeric column the CSV reader parsed already (the fast path)
+        text = value = raw
+    else:
+        text = raw.str.strip_chars(" ") if padded else raw
+        if missing and spec.kind in ("numeric", "categorical", "timestamp"):
+            text = pl.when(text.is_in(list(missing))).then(pl.lit("")).otherwise(text)
+        value = pl.when(text.str.len_bytes() > 0).then(text)  # empty field -> missing
     if spec.kind == "label":
         if spec.threshold is not None:
             # NaN compares above every number in Polars, so `NaN >= 4` would be a click: a rating that is NaN or
-            # infinite has no label, and its line is kept aside. Spaces around the number are allowed, as in
-            # a numeric field.
-            num = raw.str.strip_chars(" ").cast(pl.Float64, strict=False)
+            # infinite has no label, and its line is kept aside.
+            num = text.cast(pl.Float64, strict=False)
             bad = num.is_null() | num.is_nan() | num.is_infinite()
             out = pl.when(~bad).then(num >= spec.threshold).cast(pl.Int8)
         else:
             mapping = {v: 1 for v in spec.positive or []} | {v: 0 for v in spec.negative or []}
-            out = raw.replace_strict(mapping, default=None, return_dtype=pl.Int8)
+            out = text.replace_strict(mapping, default=None, return_dtype=pl.Int8)
             bad = out.is_null()
         return [out.alias(LABEL)], [(bad, "label outside mapping",
                                      pl.format("{} = '{}'", pl.lit(name), raw))]
@@ -248,9 +254,6 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None, missin
         infinite = (f"infinite value in {name}", pl.format("{} = '{}'", pl.lit(name), raw))
         if dtype == pl.Float64:  # parsed by the CSV reader already (the fast path): only infinities to check
             return [pl.when(~raw.is_nan()).then(raw).alias(name)], [(raw.is_infinite(), *infinite)]
-        # Spaces around a number are allowed and a blank field is missing, as in the CSV reader's own parse.
-        text = raw.str.strip_chars(" ")
-        value = pl.when(text.str.len_bytes() > 0).then(text)
         num = value.cast(pl.Float64, strict=False)
         return [pl.when(~num.is_nan()).then(num).alias(name)], [
             (value.is_not_null() & num.is_null(), f"non-numeric value in {name}",
@@ -260,17 +263,17 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None, missin
         out = value.str.slice(0, spec.prefix) if spec.prefix else value
         return [out.alias(name)], []
     if spec.kind == "multi_valued":
-        token = pl.element()
+        token = pl.element().str.strip_chars(" ") if padded else pl.element()
         kept = token.str.len_bytes() > 0
         if missing:
-            kept &= ~token.str.strip_chars(" ").is_in(list(missing))
+            kept &= ~token.is_in(list(missing))
         tokens = raw.str.split(spec.separator).list.eval(token.filter(kept))
         return [tokens.alias(name)], []
     if spec.kind == "timestamp":
         checks: list[tuple[pl.Expr, str, pl.Expr]] = []
         if spec.time_format in ("unix", "unix_ms"):
             # A fraction is kept (time.time() and pandas write `1709300000.25`, or `1.709649e+09`)
-            number = value.str.strip_chars(" ").cast(pl.Float64, strict=False)
+            number = value.cast(pl.Float64, strict=False)
             per_unit = 1e6 if spec.time_format == "unix" else 1e3
             ts = pl.from_epoch((number * per_unit).round(0).cast(pl.Int64, strict=False), time_unit="us")
             # Milliseconds read as seconds are dates after the year 50,000, and seconds read as milliseconds fall
@@ -286,17 +289,17 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None, missin
         elif spec.time_format == "iso8601":
             ts = iso8601(value)
         else:
-            fmt, text = spec.time_format, value
+            fmt, written = spec.time_format, value
             if "%H" in fmt and "%M" not in fmt:  # Polars wants minutes whenever hours are parsed
-                fmt, text = fmt + "%M", value + "00"
-            ts = text.str.strptime(pl.Datetime("us"), fmt, strict=False)
+                fmt, written = fmt + "%M", value + "00"
+            ts = written.str.strptime(pl.Datetime("us"), fmt, strict=False)
         ts = ts.cast(pl.Datetime("us"))
         return [ts.alias(name)], [(value.is_not_null() & ts.is_null(), f"unparseable timestamp in {name}",
                                    pl.concat_str(pl.format("{} = '{}' (format {})", pl.lit(name), raw,
                                                            pl.lit(spec.time_format)),
-                                                 marker_hint(raw.str.strip_chars(" ")))), *checks]
+                                                 marker_hint(text))), *checks]
     if spec.kind == "flag":
-        return [], [(~raw.is_in(["0", "1"]), f"flag not 0/1 in {name}", pl.format("{} = '{}'", pl.lit(name), raw))]
+        return [], [(~text.is_in(["0", "1"]), f"flag not 0/1 in {name}", pl.format("{} = '{}'", pl.lit(name), raw))]
     return [], []  # drop
 
 
@@ -395,14 +398,21 @@ def parse_quoted_lines(lines: pl.DataFrame, columns: dict[str, ColumnSpec], sep:
 
 
 def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[tuple[pl.Expr, str, pl.Expr]],
-                raw: pl.Expr, missing: Sequence[str] = ()) -> tuple[pl.DataFrame, pl.DataFrame]:
+                raw: pl.Expr, missing: Sequence[str] = (), spaces: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Type the raw string columns of ``df`` (one per declared column, plus ``_line``); a row failing any
     check (the given ones first, then the columns' own) is rejected with the first reason and ``raw``.
-    ``missing``: the spec's missing-value markers."""
+    ``missing``: the spec's missing-value markers; ``spaces``: False where the block holds no space at all."""
     checks = list(checks)
     outputs: list[pl.Expr] = []
+    strings = [n for n, s in columns.items() if s.kind != "drop" and df.schema.get(n) == pl.String]
+    padded: set[str] = set()
+    if spaces and strings:  # which columns hold a space around a value (or, in a list, anywhere)
+        found = df.select((pl.col(n).str.contains(" ", literal=True) if columns[n].kind == "multi_valued" else
+                           pl.col(n).str.starts_with(" ") | pl.col(n).str.ends_with(" ")).any()
+                          for n in strings).row(0)
+        padded = {n for n, has in zip(strings, found, strict=True) if has}
     for name, spec in columns.items():
-        exprs, column_checks = _typed(name, spec, df.schema.get(name), missing)
+        exprs, column_checks = _typed(name, spec, df.schema.get(name), missing, name in padded)
         outputs += exprs
         checks += column_checks
     flag_groups: dict[str, list[str]] = {}
@@ -410,7 +420,8 @@ def type_fields(df: pl.DataFrame, columns: dict[str, ColumnSpec], checks: list[t
         if spec.kind == "flag":
             flag_groups.setdefault(spec.field or name, []).append(name)
     for field, flags in flag_groups.items():  # 0/1 columns -> one multi-valued field of the names set
-        outputs.append(pl.concat_list([pl.when(pl.col(f) == "1").then(pl.lit(f)) for f in flags])
+        is_set = {f: (pl.col(f).str.strip_chars(" ") if f in padded else pl.col(f)) == "1" for f in flags}
+        outputs.append(pl.concat_list([pl.when(is_set[f]).then(pl.lit(f)) for f in flags])
                        .list.drop_nulls().alias(field))
 
     none = pl.lit(None, pl.String)  # a table with nothing to check (all categorical, no label) rejects nothing
@@ -525,7 +536,7 @@ def parse_block_fast(block: bytes, first_line: int, n_lines: int, columns: dict[
         if df.height != len(line_numbers):
             return None
     df = df.with_columns(_line=pl.Series(line_numbers))
-    rows, rejected = type_fields(df, columns, [], pl.lit(None, pl.String), missing)
+    rows, rejected = type_fields(df, columns, [], pl.lit(None, pl.String), missing, spaces=b" " in block)
     if rejected.height:  # the raw text of the (few) rejected lines, exactly as in the file
         rejected = rejected.with_columns(raw=pl.Series(raw_lines(rejected["line"].to_list()), dtype=pl.String))
     return rows, pl.concat([shape_rejected, rejected]).sort("line")

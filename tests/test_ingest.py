@@ -386,3 +386,21 @@ def test_missing_value_markers_apply_to_side_tables_and_parquet(workdir: Path) -
     m = ingest.run(tiny_params(columns, workdir / "log.parquet", format="parquet", spec={"missing_values": ["NA"]}))
     assert m["rows_ok"] == 2
     assert pl.read_parquet(ROWS).select("site", "price").rows() == [(None, 2.5), ("a", None)]
+
+
+def test_spaces_around_values_are_dropped_as_around_numbers(workdir: Path) -> None:
+    """A hand-written csv (`1, a, x | y`) or a padded export: `a` and ` a ` are one category, a list's tokens
+    lose their spaces, and a label or a flag reads the same; spaces inside a value stay."""
+    columns = {"label": {"kind": "label", "positive": ["1"], "negative": ["0"]}, "site": "categorical",
+               "tags": {"kind": "multi_valued", "separator": "|"}, "n": "numeric",
+               "f1": {"kind": "flag", "field": "flags"}, "f2": {"kind": "flag", "field": "flags"}}
+    path = workdir / "log.csv"
+    path.write_text("1, a, x | y, 2, 1, 0\n 0 ,a ,x|  ,  3 , 0 , 1\n1,New York, ,,1,1\n")
+    m = ingest.run(tiny_params(columns, path, format="csv"))
+    assert m["rows_ok"] == 3, m["rejected_by_reason"]
+    rows = pl.read_parquet(ROWS)
+    assert rows["label"].to_list() == [1, 0, 1]
+    assert rows["site"].to_list() == ["a", "a", "New York"]
+    assert rows["tags"].to_list() == [["x", "y"], ["x"], []]
+    assert rows["n"].to_list() == [2.0, 3.0, None]
+    assert rows["flags"].to_list() == [["f1"], ["f2"], ["f1", "f2"]]
