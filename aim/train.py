@@ -125,9 +125,16 @@ class Callback(Protocol):
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto``: CUDA when present, else the CPU; any other torch device string as it is. A CUDA device on a
+    machine without one is a ValueError that says so (torch's own is an AssertionError at the first tensor)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device visible"
+        raise ValueError(f"device {device!r}: this machine has {build} (torch {torch.__version__}); use "
+                         "device: auto, which takes CUDA when present")
+    return resolved
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:

@@ -182,9 +182,13 @@ def apply_overrides(root: str, overrides: list[str]) -> None:
 
 
 @task
-def save_experiment(root: str, name: str) -> str:
-    """Record the workspace as a DVC experiment (``dvc exp save``), so ``dvc exp show`` compares it."""
-    done = _dvc(["exp", "save", "--force", "--name", name], Path(root))
+def save_experiment(root: str, name: str, stages: list[str]) -> str:
+    """Record the workspace as a DVC experiment (``dvc exp save``), so ``dvc exp show`` compares it.
+
+    Only ``stages`` (those this run gave to DVC) are committed: a bare ``dvc exp save`` commits every stage of
+    dvc.lock with the current params, so a stage the run left out (``--stages``, frozen searches) would be
+    recorded as run with the overrides, and ``dvc status`` would call it up to date."""
+    done = _dvc(["exp", "save", "--force", "--name", name, *stages], Path(root))
     if done.returncode:
         raise RuntimeError(f"dvc exp save failed: {_error_detail(done.stdout + done.stderr)}")
     return name
@@ -234,7 +238,12 @@ def aim_pipeline(dataset: str | None = None, overrides: list[str] | None = None,
         # One task per stage, named as the stage (stage name in dvc.yaml = tasks/<stage>.py = task name).
         results[name] = run_stage.with_options(name=name, task_run_name=name)(name, str(project), stage["metrics"])
     if overrides or experiment:
-        save_experiment(str(project), experiment or "flow-" + re.sub(r"[^a-zA-Z0-9-]+", "-", "-".join(overrides)))
+        left_out = [stage["name"] for stage in plan if stage["name"] not in results]
+        if left_out:
+            print(f"not run in this experiment, so their results are the earlier ones: {', '.join(left_out)} "
+                  "(`dvc status` lists those whose params or inputs changed)")
+        save_experiment(str(project), experiment or "flow-" + re.sub(r"[^a-zA-Z0-9-]+", "-", "-".join(overrides)),
+                        list(results))
     return results
 
 

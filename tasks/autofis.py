@@ -21,6 +21,7 @@ def run(params: Params) -> dict[str, Any]:
     section = overlay(params.search, params.autofis, "autofis")
     fields, splits = load_encoded(params.dataset)
     gates, timings = search(params, section, fields, splits, "autofis_search", stage="autofis", key="autofis")
+    gates = {"dataset": params.dataset, **gates}  # read_gates refuses it beside another dataset's data
     write_json(GATES / "autofis.json", gates)
     summary, net = retrain(params, params.retrain, fields, splits, gates, None, "autofis",
                            GATES / "autofis.json", stage="autofis")

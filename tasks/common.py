@@ -50,6 +50,35 @@ def check_same_dataset(path: Path, found: str | None, dataset: str) -> None:
                          f"stages before this one again (dvc repro)")
 
 
+# Each gate file and the stage that writes it
+GATE_WRITERS = {"interaction.json": "search_interaction", "embed.json": "search_embed", "autofis.json": "autofis"}
+
+
+def read_gates(name: str, dataset: str) -> dict[str, Any]:
+    """``gates/<name>``, refused when another dataset's search wrote it. The committed gates are the synthetic
+    log's: after a ``git checkout gates/`` beside another log's data, a stage run alone would retrain that log
+    with them wherever the field names overlap."""
+    path = GATES / name
+    if not path.exists():
+        stage = GATE_WRITERS[name]
+        raise StageError(f"{path} not found: run the {stage} stage first (dvc repro {stage})")
+    record = read_json(path)
+    check_same_dataset(path, record.get("dataset"), dataset)
+    return record
+
+
+def input_path(path: str) -> Path:
+    """A raw log or side table named in params.yaml. A relative path is the project's. ``dvc exp run --queue``
+    (``tasks.compare``) runs the stages in a copy of the project under .dvc/tmp/exps, where neither ../shared
+    nor the git-ignored data/logs is beside it: there a path that is not found is read from the project
+    itself, which DVC names in ``DVC_ROOT``."""
+    given = Path(path)
+    root = os.environ.get("DVC_ROOT")
+    if root and not given.is_absolute() and not given.exists() and (Path(root) / given).exists():
+        return Path(root) / given
+    return given
+
+
 def split_path(split: str) -> Path:
     return ENCODED / f"{split}.parquet"
 

@@ -223,6 +223,17 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(x.replace("|", "\\|") for x in line) + " |" for line in lines)
 
 
+def same_results_warning(done: list[dict]) -> str | None:
+    """A grid of several configs whose every AUC is the same, to the last digit: the keys did not reach the
+    trained stages (``train.lr`` is shadowed where a model's own ``baselines.models.<m>.train`` sets ``lr``),
+    or the stages were restored from DVC's run cache."""
+    if len(done) < 2 or not done[0]["auc"] or any(r["auc"] != done[0]["auc"] for r in done[1:]):
+        return None
+    return (f"all {len(done)} configs gave the same AUCs: the grid's keys did not change what the targets trained. "
+            "A model's own setting wins over the shared one (baselines.models.<model>.train.lr over train.lr): "
+            "set that key instead")
+
+
 def report(prefix: str, keys: list[str], targets: list[str]) -> int:
     """Print and write the table of the experiments named <prefix>-*; 1 if none of them succeeded."""
     done, failed, pending = collect(prefix, keys, targets)
@@ -234,6 +245,10 @@ def report(prefix: str, keys: list[str], targets: list[str]) -> int:
     title = f"Test AUC of {prefix}-* ({', '.join(targets) or 'dvc.yaml'})" + (f", best {main} first" if main else "")
     lines = [f"## {title}", "", markdown(header, rows) if rows else "(no successful experiment)"]
     print(f"\n{title}\n{render(header, rows) if rows else '(no successful experiment)'}")
+    same = same_results_warning(done)
+    if same:
+        print(f"\nwarning: {same}")
+        lines += ["", f"**Warning:** {same}"]
     for kind, items in (("failed", failed), ("not finished", pending)):
         if items:
             print(f"\n{len(items)} {kind}:")

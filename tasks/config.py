@@ -448,6 +448,21 @@ class TrainSection(Strict):
     eval_batch_size: Annotated[int, Field(ge=1)] = 65536
     restore_best: bool = True  # end with the best epoch's weights (a search reads its gates at the last epoch)
 
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, device: str) -> str:
+        """A device this machine has, checked when params.yaml is read: `cuda` on a CPU-only torch failed with an
+        AssertionError at the first training stage's first tensor."""
+        if device == "auto" or device == "cpu":
+            return device
+        from aim.train import resolve_device  # torch: imported only for a device other than auto and cpu
+
+        try:
+            resolve_device(device)
+        except RuntimeError as err:  # torch.device("gpu"): not a device string
+            raise ValueError(f"{device!r} is not a torch device ({str(err).splitlines()[0]})") from None
+        return device
+
 
 S = TypeVar("S", bound=BaseModel)
 

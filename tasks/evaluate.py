@@ -23,7 +23,7 @@ import numpy as np
 from aim.data import CTRData
 from aim.metrics import auc_difference, delong
 from tasks import plots
-from tasks.common import GATES, METRICS, PREDICTIONS, REPORTS, read_json, stage_main, write_json
+from tasks.common import GATES, METRICS, PREDICTIONS, REPORTS, read_gates, stage_main, write_json
 from tasks.common import read_json_if_present as _load
 from tasks.config import Params
 from tasks.training import load_encoded
@@ -213,10 +213,10 @@ def markdown(rows: list[dict[str, Any]], recovered: dict[str, Any], images: list
 
 
 def run(params: Params) -> dict[str, Any]:
+    gates = read_gates("interaction.json", params.dataset)
     rows = table(params)
     if not rows:
         raise FileNotFoundError("no metrics to evaluate: run the training stages first (dvc repro)")
-    gates = read_json(GATES / "interaction.json")
     recovered: dict[str, Any] = {}
     truth = _load(TRUTH) if params.dataset == "synthetic" else None
     if truth:

@@ -40,6 +40,7 @@ from tasks.common import (
     REJECTED,
     ROWS,
     StageError,
+    input_path,
     progress_enabled,
     stage_main,
     write_json,
@@ -663,7 +664,7 @@ def read_side_table(join: JoinSpec, block_bytes: int, rejected: list[pl.DataFram
     """A side table's typed rows, one per key (the first where a key repeats); its bad lines are appended to
     ``rejected`` like the main file's. ``missing``: the dataset's missing-value markers."""
     parts, lines = [], 0
-    for typed, bad, counts in read_table([Path(join.path)], join.columns, join.separator, join.header,
+    for typed, bad, counts in read_table([input_path(join.path)], join.columns, join.separator, join.header,
                                          join.encoding, False, block_bytes, quote=join.quote, missing=missing):
         parts.append(typed.drop("_line"))
         rejected.append(bad)
@@ -735,7 +736,7 @@ def run(params: Params) -> dict[str, Any]:
     spec = params.spec
     block_bytes = params.ingest.block_mb << 20
     INTERIM.mkdir(parents=True, exist_ok=True)
-    paths = [Path(p) for p in spec.paths]
+    paths = [input_path(p) for p in spec.paths]
     generated = Path(params.generate.out_dir).resolve()
     for path in paths:  # the synthetic log is written by a stage of its own: say so
         if not path.exists() and path.resolve().is_relative_to(generated):

@@ -20,7 +20,7 @@ from aim.data import CTRData, FieldSpec
 from aim.models import build_model
 from aim.search import Interaction
 from tasks import tracking
-from tasks.common import GATES, METRICS, read_json, stage_main, write_json
+from tasks.common import GATES, METRICS, read_gates, stage_main, write_json
 from tasks.config import Params, RetrainConfig
 from tasks.training import (
     MODELS_DIR,
@@ -81,8 +81,8 @@ def retrain(params: Params, section: RetrainConfig, fields: list[FieldSpec], spl
 
 def run(params: Params) -> dict[str, Any]:
     fields, splits = load_encoded(params.dataset)
-    gates = read_json(GATES / "interaction.json")
-    embed = read_json(GATES / "embed.json")
+    gates = read_gates("interaction.json", params.dataset)
+    embed = read_gates("embed.json", params.dataset)
     names = [f.name for f in fields]
     missing = [n for n in names if n not in embed["fields"]]
     if missing:

@@ -16,7 +16,7 @@ import torch
 
 from aim.models import build_model
 from tasks import tracking
-from tasks.common import GATES, METRICS, read_json, stage_main, write_json
+from tasks.common import GATES, METRICS, read_gates, stage_main, write_json
 from tasks.config import Params
 from tasks.training import from_records, load_encoded, search_grda_c, train_and_test, train_config
 
@@ -25,7 +25,7 @@ def run(params: Params) -> dict[str, Any]:
     section = params.search_embed
     fields, splits = load_encoded(params.dataset)
     names = [f.name for f in fields]
-    gates = read_json(GATES / "interaction.json")
+    gates = read_gates("interaction.json", params.dataset)
     interactions = from_records(gates["interactions"], names, GATES / "interaction.json")
     d = gates["embedding_dim"]
     tables = len(gates["functions"]) if gates["mode"] == "fis_ifs" else 1
@@ -55,6 +55,7 @@ def run(params: Params) -> dict[str, Any]:
     before = tables * d * sum(vocab)
     after = tables * sum(v * len(k) for v, k in zip(vocab, kept, strict=True))
     record = {
+        "dataset": params.dataset,  # read_gates refuses it beside another dataset's data
         "embedding_dim": d,
         "tables": tables,
         "searched": bool(section.enabled and interactions),

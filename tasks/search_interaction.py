@@ -153,6 +153,7 @@ def search(params: Params, section: SearchConfig, fields: list[FieldSpec], split
 def run(params: Params) -> dict[str, Any]:
     fields, splits = load_encoded(params.dataset)
     record, timings = search(params, params.search, fields, splits, "search_interaction")
+    record = {"dataset": params.dataset, **record}  # read_gates refuses it beside another dataset's data
     write_json(GATES / "interaction.json", record)
     metrics = {
         "search_model_valid_auc": record["search_model"]["valid_auc"],

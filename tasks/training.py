@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import math
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -294,7 +295,14 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[CT
     trained weights, in eval mode, and the fields it reads: ``predict(model, from_arrow(table, fields))`` scores
     a split encoded with the same ``feature_map.json``."""
     path = Path(path)
-    saved = torch.load(path, map_location=device, weights_only=True)
+    if path.is_dir():
+        raise ValueError(f"{path}: a directory, not a model file: name one, such as models/aim.pt or "
+                         "models/baselines/<model>.pt")
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as err:  # a file of another kind, or cut short
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a model file that a training stage saved (torch.load: {first[:200]})") from None
     if not isinstance(saved, dict) or not {"model", "fields", "hyperparameters", "state_dict"} <= saved.keys():
         raise ValueError(f"{path}: not a model file of this version's training stages (it needs the keys model, "
                          f"fields, hyperparameters and state_dict): re-run the stage that writes it (dvc repro)")

@@ -16,7 +16,7 @@ import torch
 
 from aim.models import build_model
 from tasks import tracking
-from tasks.common import GATES, METRICS, check_command_line, read_json, stage_main, write_json
+from tasks.common import GATES, METRICS, check_command_line, read_gates, stage_main, write_json
 from tasks.config import ConfigError, Params
 from tasks.training import (
     MODELS_DIR,
@@ -34,7 +34,7 @@ def run(params: Params, model: str) -> dict[str, Any]:
         raise ConfigError(f"params.yaml: transfer.models: no entry {model!r} (it has {sorted(params.transfer.models)})")
     hparams = params.transfer.hyperparameters(model)
     fields, splits = load_encoded(params.dataset)
-    gates = read_json(GATES / "interaction.json")
+    gates = read_gates("interaction.json", params.dataset)
     interactions = from_records(gates["interactions"], [f.name for f in fields], GATES / "interaction.json")
     torch.manual_seed(params.seed)
     try:

@@ -36,6 +36,7 @@ from tasks.common import (
     SPLITS,
     StageError,
     check_same_dataset,
+    input_path,
     read_json,
     split_path,
     stage_main,
@@ -83,7 +84,7 @@ def rejected_asset(spec_paths: list[str], rows_in: int, max_fraction: float) -> 
     Each rejected line is kept with its reason, but the rows that remain can be a biased rest: a Latin-1 file
     read as UTF-8 loses exactly the rows with accented values, a label spelled two ways loses one spelling's.
     """
-    files = [str(Path(p)) for p in spec_paths]  # as ingest names them
+    files = [str(input_path(p)) for p in spec_paths]  # as ingest names them
     df = pl.read_parquet(REJECTED, columns=["file"]).filter(pl.col("file").is_in(files))
     allowed = math.floor(max_fraction * rows_in)
     return df, [("ExpectTableRowCountToBeBetween", {"min_value": 0, "max_value": allowed},

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.compare import auc_columns, table
+from tasks.compare import auc_columns, same_results_warning, table
 from tests.conftest import sh, tiny_project
 
 COMPARE = [sys.executable, "-m", "tasks.compare"]
@@ -54,6 +54,11 @@ def test_main_auc_is_the_aim_retrain_and_only_the_targets_metrics_count() -> Non
     header, rows, main = table(done, ["retrain.dropout"])
     assert main == "retrain" and header == ["experiment", "retrain.dropout", "retrain", "baselines/lr"]
     assert rows == [["a-2", "0.2", "0.8200", "0.8100"], ["a-1", "0.1", "0.8000", "0.7900"]]
+    assert same_results_warning(done) is None
+    # a grid over a key that a model's own setting shadows trains one model twice: the report says so
+    shadowed = [dict(r, auc={"baselines/lr": 0.79}) for r in done]
+    assert "all 2 configs gave the same AUCs" in same_results_warning(shadowed)
+    assert same_results_warning(shadowed[:1]) is None
 
 
 def test_slow_grid_of_two_prints_and_writes_the_auc_table(project: Path) -> None:

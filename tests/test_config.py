@@ -353,3 +353,18 @@ def test_text_settings_on_a_parquet_log_are_named(key: dict) -> None:
             **key}
     with pytest.raises(ConfigError, match=rf"datasets\.t.*{next(iter(key))}: for text logs only"):
         parse_params({"dataset": "t", "datasets": {"t": spec}})
+
+
+def test_a_device_this_machine_lacks_is_named_when_params_are_read() -> None:
+    """`train.device: cuda` on a CPU-only torch stopped the first training stage with torch's AssertionError."""
+    import torch
+
+    from tests.conftest import tiny_params
+
+    columns = {"y": {"kind": "label", "positive": ["1"], "negative": ["0"]}, "a": "categorical"}
+    with pytest.raises(ConfigError, match=r"train\.device: 'gpu' is not a torch device"):
+        tiny_params(columns, Path("log.tsv"), train={"device": "gpu"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"train\.device: device 'cuda'.*use device: auto"):
+            tiny_params(columns, Path("log.tsv"), train={"device": "cuda"})
+    assert tiny_params(columns, Path("log.tsv"), train={"device": "cpu"}).train.device == "cpu"

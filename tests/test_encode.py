@@ -153,6 +153,18 @@ def test_a_stage_run_alone_refuses_the_outputs_of_another_dataset(workdir: Path)
         load_encoded("u")
     assert load_encoded("t")[0]  # its own dataset loads
 
+    # Gates another dataset's search wrote: a `git checkout gates/` brings back the committed synthetic ones
+    from tasks import evaluate, retrain, search_embed
+    from tasks.common import GATES, write_json
+    mine = tiny_params(COLUMNS, workdir / "log.tsv")
+    with pytest.raises(StageError, match="interaction.json not found: run the search_interaction stage first"):
+        retrain.run(mine)
+    write_json(GATES / "interaction.json", {"dataset": "synthetic"})
+    for stage in (search_embed, retrain, evaluate):
+        with pytest.raises(StageError, match="interaction.json was made from dataset 'synthetic', but params.yaml "
+                                             "has dataset 't'"):
+            stage.run(mine)
+
     with pytest.raises(StageError, match=f"all 2 lines rejected.*every line is in {REJECTED}"):
         ingest.run(other)
     assert not ROWS.exists() and not (METRICS / "ingest.json").exists()

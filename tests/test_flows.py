@@ -115,12 +115,18 @@ def test_search_false_keeps_the_gates_and_overrides_become_a_dvc_experiment(flow
     for var in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
         monkeypatch.setenv(var, "test@example.com")
     gates = (repo / "gates/interaction.json").read_bytes()
-    results = aim_pipeline(root=str(repo), search=False, overrides=["retrain.dropout=0.1"], experiment="nightly-0.1")
+    frozen = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["search_embed"]
+    results = aim_pipeline(root=str(repo), search=False, overrides=["retrain.dropout=0.1", "search_embed.grda.c=0.5"],
+                           experiment="nightly-0.1")
     assert not set(SEARCH_STAGES) & set(results)  # frozen: not even asked of DVC
+    # and not recorded as run with the new c either: dvc exp save commits only the stages that ran
+    assert yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["search_embed"] == frozen
+    assert "search_embed" in sh(["dvc", "status", "search_embed"], repo)
     assert results["retrain"] == "ran" and results["evaluate"] == "ran"
     assert results["baselines@lr"] == "skipped"  # a retrain param: the baselines did not change
     assert (repo / "gates/interaction.json").read_bytes() == gates
     assert yaml.safe_load((repo / "params.yaml").read_text())["retrain"]["dropout"] == 0.1
+    assert yaml.safe_load((repo / "params.yaml").read_text())["search_embed"]["grda"]["c"] == 0.5
     shown = sh(["dvc", "exp", "show", "--json"], repo)
     assert "nightly-0.1" in shown
 

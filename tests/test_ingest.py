@@ -404,3 +404,25 @@ def test_spaces_around_values_are_dropped_as_around_numbers(workdir: Path) -> No
     assert rows["tags"].to_list() == [["x", "y"], ["x"], []]
     assert rows["n"].to_list() == [2.0, 3.0, None]
     assert rows["flags"].to_list() == [["f1"], ["f2"], ["f1", "f2"]]
+
+
+def test_a_queued_experiment_reads_relative_inputs_from_the_project(workdir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dvc exp run --queue` (tasks.compare) runs the stages in a copy of the project under .dvc/tmp/exps, where
+    ../shared is not beside it. DVC names the project in DVC_ROOT: a relative input missing in the copy is read
+    from there, and validate finds ingest's rejected lines under the same file name."""
+    from tasks import validate
+
+    (workdir / "shared").mkdir()
+    (workdir / "shared/log.tsv").write_text("1\t3\ta\t14102100\tx\n7\t3\ta\t14102100\tx\n")
+    project = workdir / "project"
+    copy = project / ".dvc/tmp/exps/tmp1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    params = tiny_params(COLUMNS, Path("../shared/log.tsv"))
+    with pytest.raises(StageError, match="input file not found"):
+        ingest.run(params)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert ingest.run(params)["rows_ok"] == 1
+    rejected, _ = validate.rejected_asset(["../shared/log.tsv"], 2, 0.5)
+    assert rejected.height == 1

@@ -104,6 +104,12 @@ def test_errors_name_what_is_wrong(trained) -> None:
         score.run(trained, [Path("missing.tsv")], MODEL, Path("o.parquet"))
     with pytest.raises(StageError, match=r"models/none\.pt not found"):
         score.run(trained, [LOG], Path("models/none.pt"), Path("o.parquet"))
+    with pytest.raises(StageError, match=r"^models: a directory, not a model file: name one, such as models/aim\.pt"):
+        score.run(trained, [LOG], Path("models"), Path("o.parquet"))
+    Path("empty.pt").write_bytes(b"")
+    for not_a_model in (Path("params.yaml"), Path("empty.pt")):  # torch.load: UnpicklingError, EOFError
+        with pytest.raises(StageError, match=rf"^{not_a_model}: not a model file that a training stage saved"):
+            score.run(trained, [LOG], not_a_model, Path("o.parquet"))
     other = project_params("criteo")
     with pytest.raises(StageError, match=r"encoded from dataset 'synthetic'.*dataset 'criteo'"):
         score.run(other, [LOG], MODEL, Path("o.parquet"))
