@@ -82,6 +82,18 @@ def check_paths(paths: list[Path], out: Path) -> None:
                          "a csv")
 
 
+def label_hint(rejected: pl.DataFrame, n: int, labelled: bool) -> str:
+    """Where most lines are one field short of a labelled spec (or one over an unlabelled one), the flag is the
+    likelier mistake than the log: say so."""
+    details = Counter(rejected["detail"].to_list())
+    short, long = details[f"{n - 1} fields, expected {n}"], details[f"{n + 1} fields, expected {n}"]
+    if labelled and short >= 0.9 * rejected.height:
+        return f": {short:,} lines are one field short of the spec, as a log without its label column is (--unlabelled)"
+    if not labelled and long >= 0.9 * rejected.height:
+        return f": {long:,} lines have one field more than the spec without its label: labelled? (drop --unlabelled)"
+    return ""
+
+
 def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabelled: bool = False) -> dict[str, Any]:
     check_paths(paths, out)
     for needed in (FEATURE_MAP, VOCAB, model_path):
@@ -145,7 +157,7 @@ def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabell
     if scored == 0:
         out.unlink(missing_ok=True)
         raise StageError(f"no usable rows in {[str(p) for p in paths]}: all {bad_lines.height} lines rejected "
-                         f"({dict(reasons.most_common(3))})")
+                         f"({dict(reasons.most_common(3))}){label_hint(bad_lines, len(columns), labelled)}")
     rejected_path = out.with_suffix(".rejected.parquet")
     bad_lines.write_parquet(rejected_path)
     summary: dict[str, Any] = {"model": str(model_path), "rows_scored": scored, "rows_rejected": bad_lines.height,

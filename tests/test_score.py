@@ -97,6 +97,11 @@ def test_unlabelled_logs_score_the_same(trained) -> None:
     same = a.join(b, on="line", suffix="_b")
     assert same.height == labelled["rows_scored"] == unlabelled["rows_scored"]
     np.testing.assert_array_equal(same["probability"].to_numpy(), same["probability_b"].to_numpy())
+    # the flag mixed up: the message points to it rather than to the log
+    with pytest.raises(StageError, match=r"lines are one field short of the spec.*\(--unlabelled\)"):
+        score.run(trained, [served], MODEL, Path("c/scores.parquet"))
+    with pytest.raises(StageError, match=r"one field more than the spec.*\(drop --unlabelled\)"):
+        score.run(trained, [LOG], MODEL, Path("c/scores.parquet"), unlabelled=True)
 
 
 def test_errors_name_what_is_wrong(trained) -> None:
@@ -107,7 +112,8 @@ def test_errors_name_what_is_wrong(trained) -> None:
     with pytest.raises(StageError, match=r"^models: a directory, not a model file: name one, such as models/aim\.pt"):
         score.run(trained, [LOG], Path("models"), Path("o.parquet"))
     Path("empty.pt").write_bytes(b"")
-    for not_a_model in (Path("params.yaml"), Path("empty.pt")):  # torch.load: UnpicklingError, EOFError
+    Path("notes.yaml").write_text("lr: 0.1\n")
+    for not_a_model in (Path("notes.yaml"), Path("empty.pt")):  # torch.load: UnpicklingError, EOFError
         with pytest.raises(StageError, match=rf"^{not_a_model}: not a model file that a training stage saved"):
             score.run(trained, [LOG], not_a_model, Path("o.parquet"))
     other = project_params("criteo")
