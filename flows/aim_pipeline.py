@@ -21,14 +21,18 @@ With no Prefect server configured the flow runs against a temporary local one (e
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -162,23 +166,42 @@ def run_stage(stage: str, root: str, metrics: list[str]) -> str:
     return "skipped" if skipped else "ran"
 
 
-@task
-def apply_overrides(root: str, overrides: list[str]) -> None:
-    """Set ``key=value`` overrides in params.yaml with DVC's own ``-S`` implementation, then check the
-    result with the project's config schema so a bad key fails here, naming it, before any stage runs."""
+def set_overrides(params: Path, overrides: list[str]) -> None:
+    """Set ``key=value`` overrides in ``params`` with DVC's own ``-S`` implementation, then check the result
+    with the project's config schema, so that a bad key fails naming it; a rejected override leaves the file as
+    it was."""
     from dvc.utils.hydra import apply_overrides as dvc_apply
 
     from tasks.config import load_params
 
-    params = Path(root) / "params.yaml"
     original = params.read_text()
     try:
         dvc_apply(params, list(overrides))
         load_params(params)  # raises ConfigError naming the key and the file
     except Exception as err:
-        params.write_text(original)  # a rejected override leaves params.yaml as it was
-        cause = err.__cause__ or err  # DVC wraps hydra's message (which names the key) in its cause
-        raise ValueError(f"override {overrides} rejected for {params}: {cause}") from err
+        params.write_text(original)
+        cause = str(err.__cause__ or err)  # DVC wraps hydra's message (which names the key) in its cause
+        # Hydra adds "To append to your config use +key=value", which only leads to "unknown key": the likely
+        # keys say more.
+        unknown = re.match(r"Could not override '([^']+)'", cause)
+        if unknown:
+            keys = _flat_keys(yaml.safe_load(original))
+            near = difflib.get_close_matches(unknown[1], keys, n=3)
+            cause = f"unknown key {unknown[1]!r}" + (f" (did you mean {', '.join(near)}?)" if near else "")
+        raise ValueError(f"override {overrides} rejected for params.yaml: {cause}") from None
+
+
+def _flat_keys(tree: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a params tree, as ``-S`` names them."""
+    if not isinstance(tree, dict):
+        return []
+    return [k for key, value in tree.items() for k in [prefix + str(key), *_flat_keys(value, f"{prefix}{key}.")]]
+
+
+@task
+def apply_overrides(root: str, overrides: list[str]) -> None:
+    """``set_overrides`` on the project's params.yaml, before any stage runs."""
+    set_overrides(Path(root) / "params.yaml", overrides)
 
 
 @task
@@ -213,6 +236,14 @@ def aim_pipeline(dataset: str | None = None, overrides: list[str] | None = None,
     """
     project = Path(root or PROJECT).resolve()
     overrides = list(overrides or []) + ([f"dataset={dataset}"] if dataset else [])
+    if not search:  # the frozen searches' gates and metrics must exist: later stages read them. Checked before
+        # the overrides are applied, so that a refusal leaves params.yaml as it was.
+        missing = [out for stage in pipeline_stages(project) if stage["name"] in SEARCH_STAGES
+                   for out in stage["outs"] if not (project / out).exists()]
+        if missing:
+            raise ValueError(f"search=False reuses the outputs of an earlier search, but {', '.join(missing)} "
+                             f"do not exist in {project}: run the whole pipeline once first (the `research` "
+                             "deployment, `python -m flows.aim_pipeline` or `dvc repro`), or `dvc checkout` them")
     if overrides:
         apply_overrides(str(project), overrides)
     plan = pipeline_stages(project)
@@ -220,13 +251,6 @@ def aim_pipeline(dataset: str | None = None, overrides: list[str] | None = None,
     unknown = sorted(set(stages or []) - set(names))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {names}")
-    if not search:  # the frozen searches' gates and metrics must exist: later stages read them
-        missing = [out for stage in plan if stage["name"] in SEARCH_STAGES for out in stage["outs"]
-                   if not (project / out).exists()]
-        if missing:
-            raise ValueError(f"search=False reuses the outputs of an earlier search, but {', '.join(missing)} "
-                             f"do not exist in {project}: run the whole pipeline once first (the `research` "
-                             "deployment, `python -m flows.aim_pipeline` or `dvc repro`), or `dvc checkout` them")
     results: dict[str, str] = {}
     for stage in plan:
         name = stage["name"]
@@ -258,6 +282,15 @@ def main() -> None:
     ap.add_argument("--experiment", help="DVC experiment name for a run with overrides")
     ap.add_argument("--root", help="project directory (default: this checkout)")
     args = ap.parse_args()
+    overrides = args.overrides + ([f"dataset={args.dataset}"] if args.dataset else [])
+    if overrides:  # a bad key or value is named here, in a line, before Prefect starts (its log has tracebacks)
+        with tempfile.TemporaryDirectory() as scratch:
+            trial = Path(scratch) / "params.yaml"
+            shutil.copyfile(Path(args.root or PROJECT) / "params.yaml", trial)
+            try:
+                set_overrides(trial, overrides)
+            except ValueError as err:
+                sys.exit(f"aim_pipeline failed: {str(err).replace(str(trial), 'params.yaml')}")
     try:
         results = aim_pipeline(dataset=args.dataset, overrides=args.overrides, search=args.search,
                                stages=args.stages, experiment=args.experiment, root=args.root)

@@ -102,6 +102,20 @@ def _check_key(raw: dict[str, Any], key: str, line: str) -> None:
         node = node[part]
 
 
+def check_targets(targets: list[str]) -> None:
+    """Each --target a stage of dvc.yaml (``foreach`` ones as ``baselines@lr``), checked before anything is queued."""
+    if not targets:
+        return
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        names = [stage.addressing for stage in repo.index.stages]
+    known = {*names, *(n.split("@")[0] for n in names)}  # `baselines` is every baselines@<model>
+    unknown = [t for t in targets if t.rpartition(":")[2] not in known]  # `dvc.yaml:retrain` is `retrain`
+    if unknown:
+        raise CompareError(f"--target {', '.join(unknown)}: not a stage of dvc.yaml, which has {', '.join(names)}")
+
+
 def queued_or_running() -> list[str]:
     """Names of experiments already waiting in the DVC queue (`--run-all` would run them too)."""
     lines = dvc("queue", "status", capture=True).splitlines()
@@ -257,8 +271,11 @@ def report(prefix: str, keys: list[str], targets: list[str]) -> int:
                 values = " ".join(f"{k}={fmt_value(r['params'][k])}" for k in keys)
                 print(f"  {r['name']}  {values}  {r.get('error') or r.get('state')}")
                 lines.append(f"- `{r['name']}` {values}: {r.get('error') or r.get('state')}")
-    print(f"\nW&B offline runs: {runs}{'' if runs.exists() else ' (none yet)'}\nsync them with:   {sync}")
-    lines += ["", f"W&B offline runs: `{runs}`; sync them with `{sync}`"]
+    if os.environ.get("WANDB_MODE") == "disabled":
+        print("\nW&B: off (WANDB_MODE=disabled)")
+    elif done:
+        print(f"\nW&B offline runs: {runs}{'' if runs.exists() else ' (none yet)'}\nsync them with:   {sync}")
+        lines += ["", f"W&B offline runs: `{runs}`; sync them with `{sync}`"]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{prefix}.md").write_text("\n".join(lines) + "\n")
     payload = {"prefix": prefix, "targets": targets, "params": keys, "main_auc": main, "experiments": done,
@@ -297,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.overrides:
             raise CompareError("give at least one -S key=values")
         grid = check_grid(args.overrides)
+        check_targets(args.target)
         waiting = [] if args.no_run else queued_or_running()
         if waiting:  # `--run-all` runs the whole queue: don't start someone else's experiments unasked
             raise CompareError(f"the DVC queue already holds {', '.join(waiting)}: run them (dvc exp run "

@@ -148,12 +148,13 @@ def test_search_false_without_an_earlier_search_says_so_before_running_anything(
     gates = repo / "gates/autofis.json"
     kept = gates.read_bytes()
     gates.unlink()  # as in a clone that never ran the searches
-    lock = (repo / "dvc.lock").read_text()
+    lock, params = (repo / "dvc.lock").read_text(), (repo / "params.yaml").read_text()
     try:
         with pytest.raises(ValueError, match=r"search=False reuses the outputs of an earlier search, but "
                                              r"gates/autofis.json do not exist.*research"):
-            aim_pipeline(root=str(repo), search=False)
+            aim_pipeline(root=str(repo), search=False, overrides=["train.epochs=1"])
         assert (repo / "dvc.lock").read_text() == lock  # no stage ran
+        assert (repo / "params.yaml").read_text() == params  # and the overrides were not applied
     finally:
         gates.write_bytes(kept)
 
