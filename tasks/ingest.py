@@ -222,8 +222,8 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None, missin
     """Expressions turning raw column ``name`` (String, or ``dtype`` where the reader typed it) into its
     typed column(s), and its checks. Spaces around a value are dropped (`a, b` in a csv is `a` and `b`, as a
     number's are in the CSV reader's own parse) where the column is ``padded`` (holds a space: stripping a
-    column costs a third of a block's typing, and most logs have none); a value in ``missing`` is an empty
-    field, and an empty field is missing.
+    column costs 20-40 times its plain typing, about 0.5 s per 1M rows for 26 columns, and most logs have
+    none); a value in ``missing`` is an empty field, and an empty field is missing.
 
     A check is (failing condition, reason, detail): the reason is a category that metrics count, the
     detail says what exactly was wrong on that line (with the raw value).
