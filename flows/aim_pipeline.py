@@ -110,7 +110,9 @@ def _cell(value: Any) -> str:
 
 
 def _record_table(records: list[dict[str, Any]]) -> str:
-    """A list of flat records (e.g. evaluate's one row per model) as one markdown table."""
+    """A list of records (e.g. evaluate's one row per model) as one markdown table; a nested value is columns
+    of its own (``aim_retrain_minus_this.p_value``), not a Python dict in a cell."""
+    records = [dict(_flatten("", record)) for record in records]
     columns = list(dict.fromkeys(key for record in records for key in record))
     return "\n".join([f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
                      + [f"| {' | '.join(_cell(r.get(c)) for c in columns)} |" for r in records[:200]]) + "\n"

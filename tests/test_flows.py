@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import yaml
 
-from flows.aim_pipeline import SEARCH_STAGES, StageFailed, aim_pipeline, pipeline_stages
+from flows.aim_pipeline import SEARCH_STAGES, StageFailed, aim_pipeline, metrics_markdown, pipeline_stages
 from flows.serve import PREFECT_YAML, deployments
 from tests.conftest import PINNED_THREADS, Reproduced, ran, read_gates, sh, tiny_project
 
@@ -190,3 +190,13 @@ def test_deployments_in_prefect_yaml_carry_their_cron_schedules() -> None:
             assert stored.name == name and stored.parameters == deployment.parameters
             assert [s.schedule.cron for s in stored.schedules] == [s.schedule.cron for s in deployment.schedules]
             assert all(s.active for s in stored.schedules)
+
+
+def test_a_nested_value_in_a_table_of_records_gets_columns_of_its_own(tmp_path: Path) -> None:
+    """evaluate's rows carry the AIM retrain's paired difference as a dict: it was a Python dict in one cell."""
+    (tmp_path / "m.json").write_text(json.dumps({"models": [
+        {"model": "aim", "test_auc": 0.8, "aim_retrain_minus_this": None},
+        {"model": "fm", "test_auc": 0.7, "aim_retrain_minus_this": {"difference": 0.1, "p_value": 0.001}}]}))
+    markdown = metrics_markdown("evaluate", tmp_path, ["m.json"])
+    assert "| model | test_auc | aim_retrain_minus_this | aim_retrain_minus_this.difference | " in markdown
+    assert "| fm | 0.7 |  | 0.1 | 0.001 |" in markdown and "{" not in markdown
