@@ -200,6 +200,11 @@ def _flat_keys(tree: Any, prefix: str = "") -> list[str]:
     return [k for key, value in tree.items() for k in [prefix + str(key), *_flat_keys(value, f"{prefix}{key}.")]]
 
 
+def with_dataset(overrides: list[str] | None, dataset: str | None) -> list[str]:
+    """The overrides, with ``--dataset`` as the override it is."""
+    return list(overrides or []) + ([f"dataset={dataset}"] if dataset else [])
+
+
 @task
 def apply_overrides(root: str, overrides: list[str]) -> None:
     """``set_overrides`` on the project's params.yaml, before any stage runs."""
@@ -237,7 +242,7 @@ def aim_pipeline(dataset: str | None = None, overrides: list[str] | None = None,
         stage -> "ran" or "skipped" (DVC found its inputs unchanged).
     """
     project = Path(root or PROJECT).resolve()
-    overrides = list(overrides or []) + ([f"dataset={dataset}"] if dataset else [])
+    overrides = with_dataset(overrides, dataset)
     if not search:  # the frozen searches' gates and metrics must exist: later stages read them. Checked before
         # the overrides are applied, so that a refusal leaves params.yaml as it was.
         missing = [out for stage in pipeline_stages(project) if stage["name"] in SEARCH_STAGES
@@ -284,7 +289,7 @@ def main() -> None:
     ap.add_argument("--experiment", help="DVC experiment name for a run with overrides")
     ap.add_argument("--root", help="project directory (default: this checkout)")
     args = ap.parse_args()
-    overrides = args.overrides + ([f"dataset={args.dataset}"] if args.dataset else [])
+    overrides = with_dataset(args.overrides, args.dataset)
     if overrides:  # a bad key or value is named here, in a line, before Prefect starts (its log has tracebacks)
         with tempfile.TemporaryDirectory() as scratch:
             trial = Path(scratch) / "params.yaml"

@@ -34,9 +34,10 @@ COLUMNS = ("model", "kind", "test_auc", "test_logloss", "parameters", "train_sec
            "order2_selection_ratio", "interactions")
 
 
-def table(params: Params) -> list[dict[str, Any]]:
-    """One row per model configured in params.yaml, best test AUC first. Only configured ones: the metrics of
-    a model since removed from ``baselines.models`` may still lie in metrics/ (committed by an older run)."""
+def table(params: Params, gates: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model configured in params.yaml, best test AUC first, ``gates`` the searched interactions
+    (``gates/interaction.json``). Only configured ones: the metrics of a model since removed from
+    ``baselines.models`` may still lie in metrics/ (committed by an older run)."""
     rows: list[dict[str, Any]] = []
 
     def add(kind: str, m: dict[str, Any] | None, **extra: Any) -> None:
@@ -46,17 +47,15 @@ def table(params: Params) -> list[dict[str, Any]]:
     for name in params.baselines.models:
         add("baseline", _load(METRICS / "baselines" / f"{name}.json"))
     add("baseline", _load(METRICS / "autofis.json"))
-    gates = _load(GATES / "interaction.json")
-    if gates:
-        orders = gates["orders"]
-        search = _load(METRICS / "search_interaction.json") or {}
-        add("aim search", {**gates["search_model"], "model": "aim (search model)",
-                           "train_seconds": search.get("train_seconds"),
-                           "order2_selection_ratio": orders["2"]["selection_ratio"],
-                           "interactions": len(gates["interactions"])})
-        retrain = _load(METRICS / "retrain.json")
-        if retrain:
-            add("aim", {**retrain, "model": "aim (retrain)", "order2_selection_ratio": orders["2"]["selection_ratio"]})
+    orders = gates["orders"]
+    search = _load(METRICS / "search_interaction.json") or {}
+    add("aim search", {**gates["search_model"], "model": "aim (search model)",
+                       "train_seconds": search.get("train_seconds"),
+                       "order2_selection_ratio": orders["2"]["selection_ratio"],
+                       "interactions": len(gates["interactions"])})
+    retrain = _load(METRICS / "retrain.json")
+    if retrain:
+        add("aim", {**retrain, "model": "aim (retrain)", "order2_selection_ratio": orders["2"]["selection_ratio"]})
     for name in params.transfer.models:
         add("transfer", _load(METRICS / "transfer" / f"{name}.json"))
     return sorted(rows, key=lambda r: -(r["test_auc"] or 0))
@@ -214,7 +213,7 @@ def markdown(rows: list[dict[str, Any]], recovered: dict[str, Any], images: list
 
 def run(params: Params) -> dict[str, Any]:
     gates = read_gates("interaction.json", params.dataset)
-    rows = table(params)
+    rows = table(params, gates)
     if not rows:
         raise FileNotFoundError("no metrics to evaluate: run the training stages first (dvc repro)")
     recovered: dict[str, Any] = {}
