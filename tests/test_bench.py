@@ -1,6 +1,12 @@
 """The benchmarks' own logic that a wrong figure could hide behind (they are run by hand, not in CI)."""
 
+import json
+import math
+
+import pytest
+
 from bench.aim_accuracy import overrides_for, targets
+from bench.seed_summary import load_runs, markdown, summarize
 
 
 def test_a_dataset_prefixed_override_applies_to_that_dataset_only() -> None:
@@ -28,3 +34,46 @@ def test_targets_compare_aim_with_every_baseline_and_autofis() -> None:
     assert missed["best_other"] == {"model": "deepfm", "test_auc": 0.805, "aim_retrain_minus_this": None}
     rows[3]["aim_retrain_minus_this"] = {"difference": -0.005, "se": 0.004, "p_value": 0.21}  # evaluate's DeLong
     assert targets(rows)["best_other"]["aim_retrain_minus_this"]["p_value"] == 0.21
+
+
+def _run(seed: int, aucs: dict[str, float]) -> dict:
+    kinds = {"aim (retrain)": "aim", "deepfm_if": "transfer"}
+    rows = [_row(m, kinds.get(m, "baseline"), auc, 140 if m == "aim (retrain)" else 100, 0.25)
+            for m, auc in aucs.items()]
+    return {"head": "abc1234", "overrides": [f"seed={seed}"],
+            "datasets": {"frappe": {"overrides": [f"seed={seed}"], "models": rows, "targets": targets(rows)}}}
+
+
+def test_seed_summary_pairs_each_seed_and_tests_the_mean_difference(tmp_path) -> None:
+    aims, deepfms = [0.80, 0.82, 0.79], [0.79, 0.81, 0.795]
+    paths = []
+    for seed, aim, deepfm in zip([2024, 7, 11], aims, deepfms, strict=True):
+        paths.append(tmp_path / f"seed{seed}.json")
+        paths[-1].write_text(json.dumps(_run(seed, {"aim (retrain)": aim, "deepfm": deepfm, "fm": 0.7})))
+    s = summarize(load_runs(paths)["frappe"])
+    assert s["seeds"] == [7, 11, 2024]
+    deepfm = next(e for e in s["models"] if e["model"] == "deepfm")
+    diffs = [a - d for a, d in zip(aims, deepfms, strict=True)]  # +0.01, +0.01, -0.005
+    across = deepfm["aim_minus_this"]["across_seeds"]
+    mean = sum(diffs) / 3
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2 / 3)
+    assert across["mean"] == pytest.approx(mean) and across["se"] == pytest.approx(se)
+    t = mean / se  # Student's t with 2 df has the closed form two-sided p = 1 - t / sqrt(t^2 + 2)
+    assert across["p_value"] == pytest.approx(1 - t / math.sqrt(t * t + 2))
+    assert deepfm["aim_minus_this"]["aim_above_in"] == 2 and s["models"][0]["model"] == "aim (retrain)"
+    assert s["models"][0]["first_in"] == 2 and deepfm["first_in"] == 1
+    assert s["mean_order_holds"]  # of the paper's five, the three present: aim > deepfm > fm on the means
+    text = markdown("frappe", s, 4)
+    assert "| deepfm | +0.0100 | -0.0050 | +0.0100 | 2 of 3 |" in text
+
+
+def test_seed_summary_refuses_a_run_without_a_seed_and_a_seed_twice(tmp_path) -> None:
+    run = _run(7, {"aim (retrain)": 0.8, "deepfm": 0.79})
+    (tmp_path / "a.json").write_text(json.dumps(run))
+    (tmp_path / "b.json").write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match="seed 7 is also in"):
+        load_runs([tmp_path / "a.json", tmp_path / "b.json"])
+    run["overrides"] = run["datasets"]["frappe"]["overrides"] = []
+    (tmp_path / "c.json").write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match="without a seed=S override"):
+        load_runs([tmp_path / "c.json"])
