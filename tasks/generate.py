@@ -13,6 +13,9 @@ names the planted interactions and the number of lines deliberately corrupted (s
 quarantine is exercised by the default run, and tests can check its counts).
 
 Writes <out_dir>/clicks.tsv and <out_dir>/truth.json. Deterministic by seed: same params, same bytes.
+Only when the chosen dataset reads them: on another dataset (`dvc exp run -S dataset=frappe`, your own log) the
+stage writes a one-line note there instead of a 200,000-row log that nothing reads. Switching back regenerates
+the same bytes, or DVC restores them from its run cache.
 """
 
 from __future__ import annotations
@@ -155,10 +158,25 @@ def corrupt(lines: list[str], rng: np.random.Generator) -> dict[str, int]:
     return counts
 
 
+def reads_generated_log(params: Params) -> bool:
+    """Whether one of the chosen dataset's ``paths`` lies in ``generate.out_dir``."""
+    out = Path(params.generate.out_dir).resolve()
+    return any(Path(path).resolve().is_relative_to(out) for path in params.spec.paths)
+
+
 def run(params: Params) -> dict[str, Any]:
     cfg = params.generate
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not reads_generated_log(params):
+        for stale in ("clicks.tsv", "truth.json"):  # DVC removes its outputs first; a plain python -m does not
+            (out / stale).unlink(missing_ok=True)
+        note = (f"Not generated: dataset {params.dataset!r} does not read {out}/. Set dataset: synthetic "
+                f"(or a dataset whose paths are here) and rerun the generate stage to write the synthetic log.\n")
+        (out / "NOT_GENERATED.txt").write_text(note)
+        print(f"generate: skipped, dataset {params.dataset} does not read {out}/ (a note is left there)")
+        return {"generated": False, "dataset": params.dataset}
+    (out / "NOT_GENERATED.txt").unlink(missing_ok=True)
     table, truth = simulate(cfg)
     lines = table.write_csv(separator="\t", include_header=False, quote_style="never").splitlines()
     truth["corrupted_lines"] = corrupt(lines, np.random.default_rng(cfg.seed + 1))

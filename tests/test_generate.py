@@ -33,3 +33,18 @@ def test_other_seed_other_data() -> None:
     a, truth_a = generate.simulate(GenerateConfig(rows=500, seed=1))
     b, truth_b = generate.simulate(GenerateConfig(rows=500, seed=2))
     assert not a.equals(b) and truth_a["vocab_sizes"] != truth_b["vocab_sizes"]
+
+
+def test_another_dataset_gets_a_note_not_a_log(workdir: Path) -> None:
+    """`dvc exp run -S dataset=frappe` used to write the 200,000-row synthetic log that nothing then read."""
+    params = project_params("frappe", generate={"rows": 500, "seed": 3, "out_dir": "raw"})
+    Path("raw").mkdir()
+    Path("raw/clicks.tsv").write_text("a stale log\n")  # e.g. from a run of python -m tasks.generate before
+    assert generate.run(params) == {"generated": False, "dataset": "frappe"}
+    assert sorted(p.name for p in Path("raw").iterdir()) == ["NOT_GENERATED.txt"]
+    assert "'frappe' does not read" in Path("raw/NOT_GENERATED.txt").read_text()
+
+    spec = params.datasets["synthetic"].model_copy(update={"paths": ["./raw/../raw/clicks.tsv"]})  # any spelling
+    params = params.model_copy(update={"dataset": "synthetic", "datasets": {**params.datasets, "synthetic": spec}})
+    assert generate.run(params)["rows"] == 500
+    assert sorted(p.name for p in Path("raw").iterdir()) == ["clicks.tsv", "truth.json"]
