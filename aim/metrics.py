@@ -1,13 +1,15 @@
-"""How far apart two models' test AUCs really are: DeLong's covariance of AUCs scored on the same rows.
+"""How far apart two models' test AUCs really are, and how well their probabilities are calibrated.
 
-Two models scored on one test split make correlated errors, so the standard error of their AUC difference is far
-smaller than either AUC's own; DeLong, DeLong and Clarke-Pearson (1988) give it without resampling. This is the fast
-form of Sun and Xu (2014): midranks instead of the m x n comparisons, O(k (m + n) log(m + n)) for k models.
+DeLong's covariance of AUCs scored on the same rows: two models scored on one test split make correlated errors,
+so the standard error of their AUC difference is far smaller than either AUC's own; DeLong, DeLong and
+Clarke-Pearson (1988) give it without resampling. This is the fast form of Sun and Xu (2014): midranks instead of
+the m x n comparisons, O(k (m + n) log(m + n)) for k models.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy.stats import norm, rankdata
@@ -41,4 +43,30 @@ def auc_difference(aucs: np.ndarray, cov: np.ndarray, i: int, j: int) -> dict[st
     return {"difference": difference, "se": se, "p_value": p}
 
 
-__all__ = ["auc_difference", "delong"]
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """How far predicted click rates are from observed ones; AUC cannot tell, and a bid is price x pCTR.
+
+    * ``predicted_over_observed``: mean predicted CTR over the observed click rate (1 is calibrated on the whole;
+      ads teams call it PCOC);
+    * ``ece``: expected calibration error over ``bins`` equal-count bins of the predictions (sorted, so every bin
+      holds about N / bins rows; equal-width bins would leave most empty at CTR-like rates): the rows-weighted
+      mean of |mean prediction - click rate| per bin;
+    * ``bins``: each bin's mean prediction, click rate and row count (the reliability curve).
+    """
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    probs = np.asarray(probs, dtype=np.float64).ravel()
+    if labels.shape != probs.shape or not len(labels):
+        raise ValueError(f"calibration needs as many predictions as labels, at least one (got {probs.shape} and "
+                         f"{labels.shape})")
+    order = np.argsort(probs, kind="stable")
+    chunks = [c for c in np.array_split(order, min(bins, len(order))) if len(c)]
+    predicted = np.array([probs[c].mean() for c in chunks])
+    observed = np.array([labels[c].mean() for c in chunks])
+    counts = np.array([len(c) for c in chunks])
+    rate = labels.mean()
+    return {"predicted_over_observed": float(probs.mean() / rate) if rate > 0 else math.inf,
+            "ece": float((counts * np.abs(predicted - observed)).sum() / counts.sum()),
+            "bins": {"predicted": predicted.tolist(), "observed": observed.tolist(), "rows": counts.tolist()}}
+
+
+__all__ = ["auc_difference", "calibration", "delong"]

@@ -7,8 +7,11 @@ transfers), the gate files and the saved test predictions. Writes
   time per 100k rows, selection ratios), each model's AUC difference from the AIM retrain with its paired standard
   error and p-value (DeLong, ``aim/metrics.py``: the same test rows, so the models' errors are correlated), and, on
   the synthetic default, how many planted interactions the searches recovered;
+  Each model's calibration too: its mean predicted CTR over the observed click rate, and its expected calibration
+  error over ten equal-count bins (``aim.metrics.calibration``);
 * ``reports/evaluate/report.md`` with the same table, and PNGs: the gate matrix per function, kept
-  functions per order, embedding size per field, ROC curves, gate against statistics_AUC per pair (Fig. 7).
+  functions per order, embedding size per field, ROC curves, reliability curves (predicted against observed click
+  rate), gate against statistics_AUC per pair (Fig. 7).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from aim.data import CTRData
-from aim.metrics import auc_difference, delong
+from aim.metrics import auc_difference, calibration, delong
 from tasks import plots
 from tasks.common import GATES, METRICS, PREDICTIONS, REPORTS, read_gates, stage_main, write_json
 from tasks.common import read_json_if_present as _load
@@ -122,6 +125,18 @@ def significance(rows: list[dict[str, Any]], labels: np.ndarray, predictions: di
             r["aim_retrain_minus_this"] = auc_difference(aucs, cov, index[REFERENCE], i)
 
 
+def add_calibration(rows: list[dict[str, Any]], labels: np.ndarray,
+                    predictions: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
+    """Add each row's predicted-over-observed CTR and calibration error; returns the reliability curves to plot."""
+    curves = {}
+    for r in rows:
+        if r["model"] in predictions:
+            c = calibration(labels, predictions[r["model"]])
+            r["predicted_over_observed"], r["calibration_error"] = c["predicted_over_observed"], c["ece"]
+            curves[r["model"]] = c["bins"]
+    return curves
+
+
 def recovery(gates: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
     """Planted interactions against kept field sets. A pair inside a planted triple carries real signal at
     order 2 too (the triple's marginal), so order-2 precision is given strictly and counting those pairs."""
@@ -149,8 +164,8 @@ def recovery(gates: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
 
 
 def figures(gates: dict[str, Any], embed: dict[str, Any] | None, planted: set[str], fields: list,
-            splits: dict[str, CTRData]) -> list[Path]:
-    """The PNGs of the report."""
+            splits: dict[str, CTRData], reliability: dict[str, dict[str, list[float]]]) -> list[Path]:
+    """The PNGs of the report; ``reliability``: each model's calibration bins."""
     paths = [plots.gate_heatmaps(gates, OUT / "gates_heatmap.png"), plots.function_counts(gates, OUT / "functions.png")]
     if embed:
         paths.append(plots.embedding_sizes(embed, OUT / "embedding_sizes.png"))
@@ -159,6 +174,8 @@ def figures(gates: dict[str, Any], embed: dict[str, Any] | None, planted: set[st
     curves = {k: v for k, v in curves.items() if len(v[1]) == len(labels)}  # a stale file of other data: skip
     if curves:
         paths.append(plots.roc_curves(curves, OUT / "roc.png"))
+    if reliability:
+        paths.append(plots.reliability_curves(reliability, OUT / "calibration.png"))
     # Fig. 7: statistics_AUC of every pair of single-valued fields against its gate (summed over functions).
     single = [f.name for f in fields if not f.multi_valued]
     pairs = np.array(list(itertools.combinations(range(len(single)), 2)))
@@ -193,13 +210,16 @@ def markdown(rows: list[dict[str, Any]], recovered: dict[str, Any], images: list
 
     lines = ["# Evaluation on the test split", "",
              "AUC se: DeLong's standard error. AIM retrain − it: the AIM retrain's AUC minus this model's, with the "
-             "standard error and two-sided p-value of that difference on the same test rows (DeLong).", "",
-             "| model | kind | test AUC | AUC se | AIM retrain − it | logloss | parameters | train s | "
-             "inference s / 100k | order-2 kept | interactions |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "standard error and two-sided p-value of that difference on the same test rows (DeLong). Predicted / "
+             "observed: the mean predicted CTR over the test click rate. ECE: the expected calibration error over "
+             "ten equal-count bins of the predictions.", "",
+             "| model | kind | test AUC | AUC se | AIM retrain − it | logloss | predicted / observed | ECE | "
+             "parameters | train s | inference s / 100k | order-2 kept | interactions |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['kind']} | {fmt(r['test_auc'])} | {fmt(r.get('test_auc_se'))} | "
-                     f"{versus(r)} | {fmt(r['test_logloss'])} | "
-                     f"{fmt(r['parameters'])} | {fmt(r['train_seconds'], 1)} | "
+                     f"{versus(r)} | {fmt(r['test_logloss'])} | {fmt(r.get('predicted_over_observed'), 3)} | "
+                     f"{fmt(r.get('calibration_error'))} | {fmt(r['parameters'])} | {fmt(r['train_seconds'], 1)} | "
                      f"{fmt(r['inference_seconds_per_100k'], 3)} | {fmt(r['order2_selection_ratio'], 3)} | "
                      f"{fmt(r['interactions'])} |")
     if warnings:
@@ -226,9 +246,11 @@ def run(params: Params) -> dict[str, Any]:
     planted = {"×".join(p) for p in (truth or {}).get("planted_pairs", [])}
     fields, splits = load_encoded(params.dataset)
     labels = splits["test"].label.numpy()
-    refused = significance(rows, labels, test_predictions(rows, labels))
+    predictions = test_predictions(rows, labels)
+    refused = significance(rows, labels, predictions)
+    reliability = add_calibration(rows, labels, predictions)
     warnings = test_split_warnings(labels, refused)
-    images = figures(gates, _load(GATES / "embed.json"), planted, fields, splits)
+    images = figures(gates, _load(GATES / "embed.json"), planted, fields, splits, reliability)
     result: dict[str, Any] = {"models": rows, "recovered": recovered}
     if warnings:  # only when there is something to say: a sound test split's metrics stay as they were
         result["warnings"] = warnings
@@ -242,20 +264,25 @@ def run(params: Params) -> dict[str, Any]:
 def render(result: dict[str, Any], warnings: bool = True) -> str:
     """The table as printed at the end of ``make run``; with its warnings below it unless ``warnings`` is false
     (the summary lists every stage's warnings together)."""
-    lines = ["model                  kind         test AUC  ± se    p vs AIM  logloss  parameters  train s  "
-             "inf s/100k  order-2 kept"]
+    lines = ["model                  kind         test AUC  ± se    p vs AIM  logloss  pred/obs     ECE  parameters  "
+             "train s  inf s/100k  order-2 kept"]
     for r in result["models"]:
         ratio = f"{r['order2_selection_ratio']:.3f}" if r.get("order2_selection_ratio") is not None else "–"
         inference = f"{r['inference_seconds_per_100k']:.3f}" if r.get("inference_seconds_per_100k") else "–"
         se = f"{r['test_auc_se']:.4f}" if r.get("test_auc_se") is not None else "–"
         versus = r.get("aim_retrain_minus_this")
         p = f"{versus['p_value']:.2g}" if versus else "–"
+        ratio_ctr = f"{r['predicted_over_observed']:.3f}" if r.get("predicted_over_observed") is not None else "–"
+        ece = f"{r['calibration_error']:.4f}" if r.get("calibration_error") is not None else "–"
         lines.append(f"{r['model']:22s} {r['kind']:11s}  {r['test_auc']:.4f}   {se:6s}  {p:>8}   "
-                     f"{r['test_logloss']:.4f}  {r['parameters'] or 0:>10,}  {r['train_seconds'] or 0:>7.1f}  "
-                     f"{inference:>10}  {ratio:>12}")
+                     f"{r['test_logloss']:.4f}  {ratio_ctr:>8}  {ece:>6}  {r['parameters'] or 0:>10,}  "
+                     f"{r['train_seconds'] or 0:>7.1f}  {inference:>10}  {ratio:>12}")
     if any(r.get("aim_retrain_minus_this") for r in result["models"]):
         lines.append("± se: the AUC's standard error; p vs AIM: the p-value of the AIM retrain's AUC difference "
                      "from the model's, paired on the same test rows (DeLong)")
+    if any(r.get("calibration_error") is not None for r in result["models"]):
+        lines.append("pred/obs: mean predicted CTR over the test click rate (1 = calibrated on the whole); ECE: "
+                     "expected calibration error over ten equal-count bins (reports/evaluate/calibration.png)")
     for name, rec in result["recovered"].items():
         line = (f"{name}: planted pairs recovered {rec['pairs_recovered']}/{rec['planted_pairs']} "
                 f"(kept {rec['pairs_kept']} pairs: precision {rec['pair_precision'] or 0:.2f}, "

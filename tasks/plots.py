@@ -196,6 +196,24 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> 
     return _save(fig, path)
 
 
+def reliability_curves(bins: dict[str, dict[str, list[float]]], path: Path) -> Path:
+    """Observed click rate against mean predicted CTR per equal-count bin, one line per model; the diagonal is a
+    calibrated model (``aim.metrics.calibration`` makes the bins)."""
+    fig, ax = plt.subplots(figsize=(5.0, 5.0), layout="constrained")
+    top = max([1e-3, *(max(b["predicted"] + b["observed"]) for b in bins.values())])
+    ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
+    for name, b in bins.items():
+        ax.plot(b["predicted"], b["observed"], marker="o", markersize=3, linewidth=1.0, label=name)
+    ax.set_xlim(0, top * 1.02)
+    ax.set_ylim(0, top * 1.02)
+    ax.set_xlabel("mean predicted CTR (per tenth of the test rows)")
+    ax.set_ylabel("observed click rate")
+    ax.set_title("calibration (test)")
+    if bins:
+        ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path)
+
+
 def gate_vs_statistics_auc(gates: np.ndarray, statistics_auc: np.ndarray, labels: list[str], path: Path,
                            highlight: set[str] | None = None) -> Path:
     """Scatter of statistics_AUC (x) against gate value (y) per pair; closed gates (exactly 0) in grey."""

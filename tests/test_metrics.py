@@ -1,10 +1,11 @@
-"""aim.metrics: DeLong's AUCs and covariance against sklearn and against the definition's m x n comparisons."""
+"""aim.metrics: DeLong's AUCs and covariance against sklearn and against the definition's m x n comparisons;
+calibration by hand and on draws from known probabilities."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from aim.metrics import auc_difference, delong
+from aim.metrics import auc_difference, calibration, delong
 
 
 def explicit_delong(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +68,31 @@ def test_evaluate_adds_the_errors_and_skips_predictions_of_another_run() -> None
     assert f"{rows[1]['aim_retrain_minus_this']['p_value']:.2g}" in text.splitlines()[2] and "DeLong" in text
 
 
+def test_evaluate_adds_calibration_and_plots_it(tmp_path) -> None:
+    from tasks.evaluate import add_calibration, markdown, render
+    from tasks.plots import reliability_curves
+
+    rng = np.random.default_rng(3)
+    probs = rng.beta(2, 6, 5000)
+    labels = (rng.random(5000) < probs).astype(np.int64)
+    predictions = {"calibrated": probs, "halved": probs / 2}
+    rows = [{"model": name, "kind": "baseline", "test_auc": roc_auc_score(labels, p), "test_logloss": 0.5,
+             "parameters": 1, "train_seconds": 1.0, "inference_seconds_per_100k": None,
+             "order2_selection_ratio": None, "interactions": None} for name, p in predictions.items()]
+    rows.append({**rows[0], "model": "no predictions saved"})
+    curves = add_calibration(rows, labels, predictions)
+    assert sorted(curves) == ["calibrated", "halved"] and "calibration_error" not in rows[2]
+    assert rows[0]["predicted_over_observed"] == pytest.approx(1, abs=0.05) and rows[0]["calibration_error"] < 0.03
+    assert rows[1]["predicted_over_observed"] == pytest.approx(0.5, abs=0.03) and rows[1]["calibration_error"] > 0.1
+    text = render({"models": rows, "recovered": {}})
+    assert f"{rows[1]['predicted_over_observed']:.3f}  {rows[1]['calibration_error']:.4f}" in text.splitlines()[2]
+    assert "ECE: expected calibration error" in text
+    cells = f"| {rows[1]['predicted_over_observed']:.3f} | {rows[1]['calibration_error']:.4f} |"
+    assert cells in markdown(rows, {}, [])
+    png = reliability_curves(curves, tmp_path / "calibration.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_evaluate_says_why_a_tiny_test_split_has_no_errors_and_no_ranking(workdir) -> None:
     """A 20-row test split with one positive: the table ranked the models, with – for the errors and no word."""
     import json
@@ -100,3 +126,26 @@ def test_evaluate_says_why_a_tiny_test_split_has_no_errors_and_no_ranking(workdi
     few = np.r_[np.ones(29), np.zeros(500)]  # DeLong works, but 29 positives rank nothing
     assert "fewer than 30 of a class" in test_split_warnings(few, None)[0]
     assert test_split_warnings(np.r_[np.ones(30), np.zeros(30)], None) == []
+
+
+def test_calibration_by_hand() -> None:
+    labels = np.array([0, 0, 1, 0, 1, 1])
+    probs = np.array([0.1, 0.3, 0.2, 0.5, 0.9, 0.7])  # sorted: 0.1 0.2 0.3 | 0.5 0.7 0.9
+    c = calibration(labels, probs, bins=2)
+    assert c["bins"]["rows"] == [3, 3]
+    assert c["bins"]["predicted"] == pytest.approx([0.2, 0.7])
+    assert c["bins"]["observed"] == pytest.approx([1 / 3, 2 / 3])
+    assert c["ece"] == pytest.approx((abs(0.2 - 1 / 3) + abs(0.7 - 2 / 3)) / 2)
+    assert c["predicted_over_observed"] == pytest.approx(probs.mean() / 0.5)
+    with pytest.raises(ValueError, match="as many predictions as labels"):
+        calibration(labels, probs[:5])
+
+
+def test_calibration_tells_a_calibrated_model_from_one_that_doubles_its_ctr() -> None:
+    rng = np.random.default_rng(1)
+    probs = rng.beta(1, 9, 200_000)  # CTR-like: mean 0.1
+    labels = rng.random(200_000) < probs
+    honest, doubled = calibration(labels, probs), calibration(labels, np.clip(2 * probs, 0, 1))
+    assert honest["predicted_over_observed"] == pytest.approx(1, abs=0.02) and honest["ece"] < 0.005
+    assert doubled["predicted_over_observed"] == pytest.approx(2, abs=0.05) and doubled["ece"] > 0.08
+    assert len(honest["bins"]["rows"]) == 10 and sum(honest["bins"]["rows"]) == 200_000
