@@ -47,7 +47,7 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[s
     """How far predicted click rates are from observed ones; AUC cannot tell, and a bid is price x pCTR.
 
     * ``predicted_over_observed``: mean predicted CTR over the observed click rate (1 is calibrated on the whole;
-      ads teams call it PCOC);
+      ads teams call it PCOC); None where no row is a click;
     * ``ece``: expected calibration error over ``bins`` equal-count bins of the predictions (sorted, so every bin
       holds about N / bins rows; equal-width bins would leave most empty at CTR-like rates): the rows-weighted
       mean of |mean prediction - click rate| per bin;
@@ -64,7 +64,7 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[s
     observed = np.array([labels[c].mean() for c in chunks])
     counts = np.array([len(c) for c in chunks])
     rate = labels.mean()
-    return {"predicted_over_observed": float(probs.mean() / rate) if rate > 0 else math.inf,
+    return {"predicted_over_observed": float(probs.mean() / rate) if rate > 0 else None,  # no clicks: undefined
             "ece": float((counts * np.abs(predicted - observed)).sum() / counts.sum()),
             "bins": {"predicted": predicted.tolist(), "observed": observed.tolist(), "rows": counts.tolist()}}
 

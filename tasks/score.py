@@ -11,7 +11,9 @@ valid and test splits. ``--unlabelled`` reads logs without the label column (a s
 dataset's log (Frappe) has none in any case.
 
 Writes one row per usable line, in the logs' order: file, line, the click probability, and the label where the log
-has one (then AUC and logloss are printed, and kept in ``<out>.json`` with the counts). Not a DVC stage: the logs to
+has one (then AUC, logloss and calibration, the mean predicted CTR over the observed click rate and the expected
+calibration error, are printed and kept in ``<out>.json`` with the counts: has a new day's click rate drifted from
+the one the model learned?). Not a DVC stage: the logs to
 score are not the pipeline's inputs.
 """
 
@@ -28,6 +30,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from aim.data import from_arrow
+from aim.metrics import calibration
 from aim.train import metrics, predict
 from tasks.common import (
     FEATURE_MAP,
@@ -164,12 +167,21 @@ def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabell
                                "rejected_by_reason": dict(sorted(reasons.items())), "out": str(out),
                                "rejected": str(rejected_path)}
     if labelled:
-        summary |= metrics(np.concatenate(labels), np.concatenate(probabilities))
+        labels_all, probabilities_all = np.concatenate(labels), np.concatenate(probabilities)
+        summary |= metrics(labels_all, probabilities_all)
+        c = calibration(labels_all, probabilities_all)  # a new day's log: has the click rate drifted from training's?
+        summary |= {"predicted_over_observed": c["predicted_over_observed"], "calibration_error": c["ece"]}
     write_json(out.with_suffix(".json"), summary)
     print(f"score: {scored:,} rows scored with {model_path} -> {out} ({bad_lines.height:,} lines rejected"
           + (f": {', '.join(f'{k} {v}' for k, v in reasons.most_common(4))}" if reasons else "") + ")"
-          + (f"; AUC {summary['auc']:.4f}, logloss {summary['logloss']:.4f}" if labelled else ""))
+          + (f"; AUC {summary['auc']:.4f}, logloss {summary['logloss']:.4f}, mean predicted / observed CTR "
+             f"{_ratio(summary['predicted_over_observed'])}, calibration error {summary['calibration_error']:.4f}"
+             if labelled else ""))
     return summary
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a (no clicks)" if value is None else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from aim.metrics import calibration
 from tasks import baselines, common, encode, generate, ingest, score
 from tasks.common import FEATURE_MAP, ROWS, SPLITS, VOCAB, StageError, read_json, split_path
 from tasks.config import Params, parse_params, read_yaml
@@ -83,8 +84,12 @@ def test_scores_reproduce_the_stage_and_keep_bad_lines(trained, capsys: pytest.C
     np.testing.assert_allclose(probability[:n][split == 2], np.load("reports/predictions/fm.npy"), rtol=0, atol=1e-6)
     assert scores["label"].to_list()[:n] == pl.read_parquet(ROWS)["label"].to_list()
     assert json.loads(Path("out/scores.json").read_text())["auc"] == summary["auc"] > 0.5
+    labels = scores["label"].to_numpy()
+    assert summary["predicted_over_observed"] == pytest.approx(probability.mean() / labels.mean())
+    assert summary["calibration_error"] == pytest.approx(calibration(labels, probability)["ece"])
     printed = capsys.readouterr().out
     assert f"{summary['rows_scored']:,} rows scored" in printed and "AUC" in printed
+    assert f"mean predicted / observed CTR {summary['predicted_over_observed']:.3f}" in printed
 
 
 def test_unlabelled_logs_score_the_same(trained) -> None:
@@ -93,7 +98,7 @@ def test_unlabelled_logs_score_the_same(trained) -> None:
     served.write_text("".join(line.split("\t", 1)[-1] + "\n" for line in LOG.read_text().splitlines()))
     unlabelled = score.run(trained, [served], MODEL, Path("b/scores.parquet"), unlabelled=True)
     a, b = pl.read_parquet("a/scores.parquet"), pl.read_parquet("b/scores.parquet")
-    assert "label" not in b.columns and "auc" not in unlabelled
+    assert "label" not in b.columns and "auc" not in unlabelled and "calibration_error" not in unlabelled
     same = a.join(b, on="line", suffix="_b")
     assert same.height == labelled["rows_scored"] == unlabelled["rows_scored"]
     np.testing.assert_array_equal(same["probability"].to_numpy(), same["probability_b"].to_numpy())
