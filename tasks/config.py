@@ -614,7 +614,7 @@ class Params(Strict):
     search: SearchConfig = SearchConfig()
     search_embed: SearchEmbedConfig = SearchEmbedConfig()
     retrain: RetrainConfig = RetrainConfig()
-    autofis: dict[str, Any] = {"mode": "fis", "max_order": 2}  # AutoFIS = `search` with these keys changed
+    autofis: dict[str, Any] = {"mode": "fis"}  # AutoFIS = `search` with these keys changed (its order: search's)
     transfer: BaselinesConfig = BaselinesConfig()  # DeepFM+IF, IPNN+IF: baselines given the searched set
     datasets: dict[str, DatasetSpec]
 

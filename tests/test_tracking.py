@@ -249,10 +249,11 @@ def test_stages_track_config_epochs_and_gate_tables(workdir: Path, fake_runs: li
 
     names = [run.name for run in fake_runs]
     assert names == ["baselines/fm", "search_interaction/order2", "search_interaction/order3", "search_embed",
-                     "retrain", "autofis_search/order2", "autofis", "transfer/deepfm_if"]
+                     "retrain", "autofis_search/order2", "autofis_search/order3", "autofis", "transfer/deepfm_if"]
     runs = dict(zip(names, fake_runs, strict=True))
     assert [run.stage for run in fake_runs] == ["baselines", "search_interaction", "search_interaction",
-                                                "search_embed", "retrain", "autofis", "autofis", "transfer"]
+                                                "search_embed", "retrain", "autofis", "autofis", "autofis",
+                                                "transfer"]
     for run in fake_runs:
         assert run.finished == 1
         assert_epochs_logged(run, run.summaries["epochs"])
