@@ -8,7 +8,8 @@ file holding several datasets counts once per dataset). `seed` feeds the negativ
 initial weights and the dropout masks, so every seed is a new draw of data and training. Per dataset it prints,
 as markdown:
 
-1. every model's test AUC per seed, its mean and standard deviation, and how often it was first;
+1. every model's test AUC per seed, its mean and standard deviation, how often it was first, and its mean test
+   logloss and calibration error (ECE; where every run has it);
 2. the AIM retrain's AUC minus each model's, per seed (with DeLong's paired standard error on that seed's test
    split, where evaluate gave it), their mean, and a paired t-test across seeds (t with n - 1 degrees of
    freedom on the per-seed differences). DeLong's error is the noise of one test split; the t-test's is the
@@ -87,6 +88,9 @@ def summarize(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             "model": name, "kind": rows[seeds[0]][name]["kind"], "test_auc": dict(zip(seeds, aucs, strict=True)),
             "mean": statistics.fmean(aucs), "std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
             "first_in": sum(firsts[s] == name for s in seeds)}
+        for key in ("test_logloss", "calibration_error"):  # where every seed's run reported it
+            values = [rows[s][name].get(key) for s in seeds]
+            entry[f"mean_{key}"] = statistics.fmean(values) if None not in values else None
         if name != AIM and AIM in models:
             diffs = [rows[s][AIM]["test_auc"] - rows[s][name]["test_auc"] for s in seeds]
             entry["aim_minus_this"] = {
@@ -114,12 +118,16 @@ def markdown(dataset: str, s: dict[str, Any], digits: int) -> str:
     """The summary as markdown tables (what the README quotes)."""
     seeds, fmt = s["seeds"], f"{{:.{digits}f}}"
     out = [f"### {dataset}: {len(seeds)} seeds ({', '.join(map(str, seeds))}), code at {', '.join(s['heads'])}", "",
-           "| model | " + " | ".join(f"seed {x}" for x in seeds) + " | mean | std | first in |",
-           "|---|" + "---|" * (len(seeds) + 3)]
+           "| model | " + " | ".join(f"seed {x}" for x in seeds)
+           + " | mean | std | first in | mean logloss | mean ECE |",
+           "|---|" + "---|" * (len(seeds) + 5)]
     for e in s["models"]:
         name = f"**{e['model']}**" if e["model"] == AIM else e["model"]
+        extra = " | ".join("–" if e[k] is None else f"{e[k]:.4f}"
+                           for k in ("mean_test_logloss", "mean_calibration_error"))
         out.append(f"| {name} | " + " | ".join(fmt.format(e["test_auc"][x]) for x in seeds)
-                   + f" | {fmt.format(e['mean'])} | {fmt.format(e['std'])} | {e['first_in']} of {len(seeds)} |")
+                   + f" | {fmt.format(e['mean'])} | {fmt.format(e['std'])} | {e['first_in']} of {len(seeds)} | "
+                   + extra + " |")
     out += ["", "AIM retrain − model, paired on each seed's test split (DeLong ± se, p), and across seeds "
             "(mean ± se of the per-seed differences, t-test with n − 1 df):", "",
             "| model | " + " | ".join(f"seed {x}" for x in seeds) + " | AIM above in | across seeds |",

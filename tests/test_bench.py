@@ -18,7 +18,8 @@ def test_a_dataset_prefixed_override_applies_to_that_dataset_only() -> None:
 
 
 def _row(model: str, kind: str, auc: float, params: int = 100, ratio: float | None = None) -> dict:
-    return {"model": model, "kind": kind, "test_auc": auc, "parameters": params, "order2_selection_ratio": ratio}
+    return {"model": model, "kind": kind, "test_auc": auc, "parameters": params, "order2_selection_ratio": ratio,
+            "test_logloss": 1 - auc}
 
 
 def test_targets_compare_aim_with_every_baseline_and_autofis() -> None:
@@ -63,6 +64,8 @@ def test_seed_summary_pairs_each_seed_and_tests_the_mean_difference(tmp_path) ->
     assert deepfm["aim_minus_this"]["aim_above_in"] == 2 and s["models"][0]["model"] == "aim (retrain)"
     assert s["models"][0]["first_in"] == 2 and deepfm["first_in"] == 1
     assert s["mean_order_holds"]  # of the paper's five, the three present: aim > deepfm > fm on the means
+    assert deepfm["mean_test_logloss"] == pytest.approx(1 - sum(deepfms) / 3)
+    assert deepfm["mean_calibration_error"] is None  # the runs predate it
     text = markdown("frappe", s, 4)
     assert "| deepfm | +0.0100 | -0.0050 | +0.0100 | 2 of 3 |" in text
 
