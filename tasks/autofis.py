@@ -1,11 +1,11 @@
-"""autofis: the AutoFIS baseline, AIM's predecessor: FIS over pairs with the inner product, then retrain.
+"""autofis: the AutoFIS baseline, AIM's predecessor: FIS with the inner product, then retrain.
 
 The same search and retrain as the AIM stages (``tasks/search_interaction.py``, ``tasks/retrain.py``), with
 ``search`` overlaid by the ``autofis`` section (by default ``mode: fis``: pairs and, up to search's ``max_order``,
 higher orders under the inner product, one shared embedding table), no embedding-dimension search, and the retrain
 settings of ``retrain``. The AIM paper compares AutoFIS and AIM at the same maximum order (Table 3; its Table 2's
-AutoFIS is the 4th-order one), which is why ``max_order`` is not overridden here. Writes ``gates/autofis.json``, ``metrics/autofis.json``
-and ``models/autofis.pt``.
+AutoFIS is the 4th-order one), which is why ``max_order`` is not overridden here. Writes ``gates/autofis.json``,
+``metrics/autofis.json`` and ``models/autofis.pt``.
 """
 
 from __future__ import annotations
