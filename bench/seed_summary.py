@@ -117,7 +117,8 @@ def _pm(d: dict[str, Any] | None) -> str:
 def markdown(dataset: str, s: dict[str, Any], digits: int) -> str:
     """The summary as markdown tables (what the README quotes)."""
     seeds, fmt = s["seeds"], f"{{:.{digits}f}}"
-    out = [f"### {dataset}: {len(seeds)} seeds ({', '.join(map(str, seeds))}), code at {', '.join(s['heads'])}", "",
+    out = [f"### {dataset}: {len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))}), code at "
+           f"{', '.join(s['heads'])}", "",
            "| model | " + " | ".join(f"seed {x}" for x in seeds)
            + " | mean | std | first in | mean logloss | mean ECE |",
            "|---|" + "---|" * (len(seeds) + 5)]
