@@ -32,7 +32,7 @@ from typing import Any
 
 from scipy.stats import t as student_t
 
-from bench.aim_accuracy import PAPER_ORDER
+from bench.aim_accuracy import PAPER_ORDER, order_holds
 
 AIM = "aim (retrain)"
 
@@ -102,12 +102,7 @@ def summarize(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     table.sort(key=lambda e: -e["mean"])
     return {"seeds": seeds, "heads": sorted({by_seed[s]["head"] for s in seeds}), "models": table,
             "targets": {s: by_seed[s]["targets"] for s in seeds},
-            "mean_order_holds": _order_holds({e["model"]: e["mean"] for e in table})}
-
-
-def _order_holds(auc: dict[str, float]) -> bool:
-    ordered = [auc[name] for name in PAPER_ORDER if name in auc]
-    return all(a > b for a, b in zip(ordered, ordered[1:], strict=False))
+            "mean_order_holds": order_holds({e["model"]: e["mean"] for e in table})}
 
 
 def _pm(d: dict[str, Any] | None) -> str:
