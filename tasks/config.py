@@ -121,6 +121,9 @@ class ColumnSpec(Strict):
     derive: list[TimeDerivation] = ["hour", "weekday", "weekend"]
     # flag: a 0/1 column that becomes one token of the multi-valued field named here
     field: str | None = None
+    # numeric, categorical, timestamp, multi_valued: this column's missing-value markers, in place of the dataset's
+    # `missing_values` (e.g. an age column where 0 means unknown, in a log where 0 is a real value elsewhere)
+    missing_values: list[str] | None = None
 
     @field_validator(*_KIND_OF_KEY)
     @classmethod
@@ -157,6 +160,9 @@ class ColumnSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ColumnSpec:
+        if self.missing_values is not None and self.kind in ("label", "flag"):
+            raise ValueError(f"`missing_values` applies to numeric, categorical, timestamp and multi_valued columns; "
+                             f"this column is {self.kind} (a {self.kind} value outside its mapping is kept aside)")
         if self.kind == "label" and self.threshold is None and not self.positive:
             raise ValueError("a label column needs `positive` (and `negative`) values, or a `threshold`")
         if self.kind == "flag" and not self.field:
@@ -281,7 +287,9 @@ class DatasetSpec(Strict):
     header: bool | Literal["auto"] = False
     encoding: Literal["utf8", "latin1"] = "utf8"
     # Texts that mean "no value" in this export besides an empty field (R writes NA, Hive \N): in a numeric,
-    # categorical or timestamp field they are missing, in a multi-valued one the token is dropped; joins too.
+    # categorical or timestamp field they are missing, in a multi-valued one the token is dropped; joins too. In a
+    # numeric column a marker that is a number matches by value (-1 matches -1.0). A column's own
+    # `missing_values` replaces this list for that column.
     missing_values: list[str] = []
     columns: dict[str, ColumnSpec]
     joins: list[JoinSpec] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -229,6 +230,8 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None, missin
     detail says what exactly was wrong on that line (with the raw value).
     """
     raw = pl.col(name)
+    if spec.missing_values is not None:  # the column's own markers replace the dataset's
+        missing = spec.missing_values
     if dtype == pl.Float64:  # a numeric column the CSV reader parsed already (the fast path)
         text = value = raw
     else:
@@ -252,14 +255,22 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None, missin
     if spec.kind == "numeric":
         # `nan` is how numpy and many exporters write a missing number: it becomes null. An infinity (`inf`, or
         # a number too large for a float, such as 1e400) is no usable value: its line is kept aside.
+        # A marker that is a number (`-1`, `999`) matches by value: the CSV reader's fast path and Parquet hand
+        # over numbers, not the text, and a text match would have read -1 as missing in one block and as -1.0 in
+        # the next, depending on whether another value there sent the block to the text path.
         infinite = (f"infinite value in {name}", pl.format("{} = '{}'", pl.lit(name), raw))
+        checks = []
         if dtype == pl.Float64:  # parsed by the CSV reader already (the fast path): only infinities to check
-            return [pl.when(~raw.is_nan()).then(raw).alias(name)], [(raw.is_infinite(), *infinite)]
-        num = value.cast(pl.Float64, strict=False)
-        return [pl.when(~num.is_nan()).then(num).alias(name)], [
-            (value.is_not_null() & num.is_null(), f"non-numeric value in {name}",
-             pl.concat_str(pl.format("{} = '{}'", pl.lit(name), raw), marker_hint(text))),
-            (num.is_infinite(), *infinite)]
+            num = raw
+        else:
+            num = value.cast(pl.Float64, strict=False)
+            checks.append((value.is_not_null() & num.is_null(), f"non-numeric value in {name}",
+                           pl.concat_str(pl.format("{} = '{}'", pl.lit(name), raw), marker_hint(text))))
+        absent = num.is_nan()
+        if numbers := numeric_markers(missing):
+            absent |= num.is_in(numbers)
+        num = pl.when(~absent).then(num)
+        return [num.alias(name)], [*checks, (num.is_infinite(), *infinite)]
     if spec.kind == "categorical":
         out = value.str.slice(0, spec.prefix) if spec.prefix else value
         return [out.alias(name)], []
@@ -307,6 +318,20 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None, missin
 # How exports write "no value" (R, SQL, Hive, pandas, Excel): a field holding one of these where a number or a time
 # should be is most likely missing, and the rejected line's detail says where to declare it.
 COMMON_MISSING_MARKERS = ["NA", "N/A", "n/a", "na", "NULL", "null", "Null", "None", "none", "\\N", "#N/A", "-", "?"]
+
+
+def numeric_markers(missing: Sequence[str]) -> list[float]:
+    """The markers that read as numbers (`-1`, `999`, `inf`), as the numbers a numeric column holds; NaN is missing
+    anyway."""
+    numbers = []
+    for marker in missing:
+        try:
+            number = float(marker)
+        except ValueError:
+            continue
+        if not math.isnan(number):
+            numbers.append(number)
+    return numbers
 
 
 def marker_hint(text: pl.Expr) -> pl.Expr:

@@ -80,3 +80,17 @@ def test_seed_summary_refuses_a_run_without_a_seed_and_a_seed_twice(tmp_path) ->
     (tmp_path / "c.json").write_text(json.dumps(run))
     with pytest.raises(SystemExit, match="without a seed=S override"):
         load_runs([tmp_path / "c.json"])
+
+
+def test_throughput_targets_say_why_bf16_was_not_run() -> None:
+    """On a CPU without native bf16 the bench skips those runs (they would time torch's emulation); the report keeps
+    a line per bf16 target saying so, rather than leaving the targets out."""
+    from bench.train_throughput import evaluate_targets
+
+    ours = {"deepfm": {"roofline_fraction_fp32": 0.5}, "fm": {"vs_peer": 6.0}}
+    roofline = {"fp32": {"best_flops": 1e11}}
+    targets = evaluate_targets(["fm", "deepfm"], ours, {}, roofline, "this CPU has no native bf16 products")
+    bf16_lines = [t for t in targets if "bf16" in t["target"]]
+    assert [t["target"].split(":")[0] for t in bf16_lines] == ["deepfm"]
+    assert bf16_lines[0]["result"] == "n/a" and "no native bf16" in bf16_lines[0]["shown"]
+    assert not [t for t in evaluate_targets(["deepfm"], ours, {}, roofline) if "bf16" in t["target"]]

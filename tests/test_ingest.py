@@ -9,6 +9,7 @@ import pytest
 
 from tasks import ingest
 from tasks.common import REJECTED, ROWS, StageError
+from tasks.config import ConfigError
 from tests.conftest import tiny_params
 
 COLUMNS = {"label": {"kind": "label", "positive": ["1"], "negative": ["0"]}, "I1": "numeric",
@@ -386,6 +387,43 @@ def test_missing_value_markers_apply_to_side_tables_and_parquet(workdir: Path) -
     m = ingest.run(tiny_params(columns, workdir / "log.parquet", format="parquet", spec={"missing_values": ["NA"]}))
     assert m["rows_ok"] == 2
     assert pl.read_parquet(ROWS).select("site", "price").rows() == [(None, 2.5), ("a", None)]
+
+
+def test_a_numeric_marker_is_missing_in_every_block(workdir: Path) -> None:
+    """A marker that is a number (`-1`) matches a numeric column by value. It used to match the text only, which the
+    CSV reader's fast path never sees: -1 was missing in a block that some `NA` sent to the text path, and -1.0 in a
+    block without one. Now both blocks, Parquet's native numbers and `-1.0` read as missing."""
+    columns = {"label": {"kind": "label", "positive": ["1"], "negative": ["0"]}, "age": "numeric",
+               "site": "categorical"}
+    path = workdir / "log.csv"
+    for na in ("1,NA,b\n", ""):  # with an `NA` the block takes the text path; without, the reader's numbers
+        path.write_text("1,-1,a\n0,30,-1\n" + na + "0,-1.0,c\n1,31,-1\n")
+        m = ingest.run(tiny_params(columns, path, format="csv", spec={"missing_values": ["-1", "NA"]}))
+        assert m["rows_ok"] == 4 + bool(na)
+        rows = pl.read_parquet(ROWS)
+        assert rows["age"].to_list() == [None, 30.0, *[None] * bool(na), None, 31.0]
+        assert rows["site"].to_list() == ["a", None, *["b"] * bool(na), "c", None]  # a category compares text
+
+    pl.DataFrame({"label": ["1", "0"], "age": [-1.0, 40.0], "site": ["-1", "d"]}).write_parquet("log.parquet")
+    ingest.run(tiny_params(columns, workdir / "log.parquet", format="parquet", spec={"missing_values": ["-1"]}))
+    assert pl.read_parquet(ROWS).select("age", "site").rows() == [(None, None), (40.0, "d")]
+
+
+def test_a_columns_own_missing_values_replace_the_datasets(workdir: Path) -> None:
+    """`age: {missing_values: ['0']}`: an age of 0 is unknown, a count of 0 is a count, and `NA`, the dataset's
+    marker, is no marker of `age` (its line is kept aside, pointing to the key)."""
+    columns = {"label": {"kind": "label", "positive": ["1"], "negative": ["0"]},
+               "age": {"kind": "numeric", "missing_values": ["0"]}, "clicks": "numeric", "site": "categorical",
+               "tags": {"kind": "multi_valued", "separator": "|", "missing_values": ["none"]}}
+    path = workdir / "log.tsv"
+    path.write_text("1\t0\t0\tNA\tx|none\n0\t25\tNA\ta\tnone\n1\tNA\t3\tb\ty\n")
+    m = ingest.run(tiny_params(columns, path, spec={"missing_values": ["NA"]}))
+    assert m["rows_ok"] == 2 and m["rejected_by_reason"] == {"non-numeric value in age": 1}
+    assert pl.read_parquet(ROWS).select("age", "clicks", "site", "tags").rows() == [
+        (None, 0.0, None, ["x"]), (25.0, None, "a", [])]
+
+    with pytest.raises(ConfigError, match=r"columns.label: `missing_values` applies to .*this column is label"):
+        tiny_params({**columns, "label": {**columns["label"], "missing_values": ["NA"]}}, path)
 
 
 def test_spaces_around_values_are_dropped_as_around_numbers(workdir: Path) -> None:

@@ -5,14 +5,16 @@ import io
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+import aim.train
 from aim.data import CTRData
 from aim.models import build_model
-from aim.train import TrainConfig, Trainer, evaluate, fit
+from aim.train import TrainConfig, Trainer, bf16_is_native, evaluate, fit
 from tasks import encode, generate, ingest
 from tasks.config import parse_params, read_yaml
 from tasks.training import load_encoded
@@ -215,6 +217,43 @@ def test_bf16_autocast_trains(planted) -> None:
     result = fit(model, data["train"].slice(0, 8000), data["valid"],
                  TrainConfig(epochs=2, batch_size=512, lr=3e-3, precision="bf16"))
     assert result.best_valid_auc > 0.6
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def test_bf16_is_native_follows_the_cpus_instructions() -> None:
+    """oneDNN runs bf16 on AVX-512 (BW, VL, DQ) or AVX2-VNNI-2; on an AVX2-only CPU torch emulates it (57x slower
+    than fp32 for one product on a Zen 3)."""
+    flags = cpu_flags()
+    if not flags or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("needs an x86-64 Linux /proc/cpuinfo to know what the CPU has")
+    has_avx512 = {"avx512bw", "avx512vl", "avx512dq"} <= flags
+    has_avx2_vnni_2 = "avx_ne_convert" in flags
+    if has_avx512:
+        assert bf16_is_native(torch.device("cpu"))
+    elif not has_avx2_vnni_2:
+        assert not bf16_is_native(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_without_native_instructions_warns(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aim.train, "bf16_is_native", lambda device: native)
+    model = torch.nn.Linear(2, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(model, TrainConfig(precision="bf16", device="cpu"))
+        Trainer(model, TrainConfig(precision="fp32", device="cpu"))
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if native:
+        assert not messages
+    else:
+        assert len(messages) == 1 and "no native bf16" in messages[0] and "train.precision" in messages[0]
 
 
 @needs_shared
