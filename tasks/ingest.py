@@ -266,11 +266,11 @@ def _typed(name: str, spec: ColumnSpec, dtype: pl.DataType | None = None, missin
             num = value.cast(pl.Float64, strict=False)
             checks.append((value.is_not_null() & num.is_null(), f"non-numeric value in {name}",
                            pl.concat_str(pl.format("{} = '{}'", pl.lit(name), raw), marker_hint(text))))
-        absent = num.is_nan()
-        if numbers := numeric_markers(missing):
-            absent |= num.is_in(numbers)
-        num = pl.when(~absent).then(num)
-        return [num.alias(name)], [*checks, (num.is_infinite(), *infinite)]
+        absent, infinity = num.is_nan(), num.is_infinite()
+        if numbers := numeric_markers(missing):  # (without one, the expressions are what they were before)
+            marked = num.is_in(numbers)
+            absent, infinity = absent | marked, infinity & ~marked
+        return [pl.when(~absent).then(num).alias(name)], [*checks, (infinity, *infinite)]
     if spec.kind == "categorical":
         out = value.str.slice(0, spec.prefix) if spec.prefix else value
         return [out.alias(name)], []
