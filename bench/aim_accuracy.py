@@ -15,6 +15,8 @@ For each dataset preset of params.yaml:
 3. Reads ``metrics/evaluate.json`` and ``metrics/retrain.json`` and reports the issue's targets:
    AIM (retrain) test AUC above every baseline and above AutoFIS; at most 30 % of the 2nd-order pairs kept;
    AIM's parameters after EDS at most 1.5x DeepFM's; and the paper's order AIM > AutoFIS > IPNN > DeepFM > FM.
+   It keeps every training run's validation AUC and learning rate per epoch too (``curves``, from the stages'
+   ``reports/**/*.csv``), so that an early stop can be read from the results file once the clone is gone.
 
 Met/missed is computed and printed, never asserted. Run it on a quiet machine: it takes minutes per dataset.
 """
@@ -22,6 +24,7 @@ Met/missed is computed and printed, never asserted. Run it on a quiet machine: i
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -123,6 +126,19 @@ def report(dataset: str, models: list[dict[str, Any]], result: dict[str, Any]) -
     print(f"  paper's order {' > '.join(result['paper_order'])}: {flag[result['paper_order_holds']]}")
 
 
+def training_curves(root: Path) -> dict[str, dict[str, list[float]]]:
+    """Each training run's validation AUC and learning rate per epoch, by its report's path under ``reports/``
+    (``retrain``, ``baselines/deepfm``, ``search_interaction/order2``, ...)."""
+    curves = {}
+    for path in sorted((root / "reports").rglob("*.csv")):
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and {"epoch", "valid_auc", "lr"} <= rows[0].keys():
+            curves[path.relative_to(root / "reports").with_suffix("").as_posix()] = {
+                "valid_auc": [round(float(r["valid_auc"]), 6) for r in rows], "lr": [float(r["lr"]) for r in rows]}
+    return curves
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["movielens_100k", "frappe"])
@@ -155,7 +171,8 @@ def main() -> None:
             report(dataset, models, result)
             results["datasets"][dataset] = {"overrides": overrides, "repro_seconds": round(seconds, 1),
                                             "targets": result,
-                                            "models": models, "retrain": retrain}
+                                            "models": models, "retrain": retrain,
+                                            "curves": training_curves(scratch)}
         finally:
             if not args.keep:
                 shutil.rmtree(scratch, ignore_errors=True)

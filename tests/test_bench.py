@@ -94,3 +94,18 @@ def test_throughput_targets_say_why_bf16_was_not_run() -> None:
     assert [t["target"].split(":")[0] for t in bf16_lines] == ["deepfm"]
     assert bf16_lines[0]["result"] == "n/a" and "no native bf16" in bf16_lines[0]["shown"]
     assert not [t for t in evaluate_targets(["deepfm"], ours, {}, roofline) if "bf16" in t["target"]]
+
+
+def test_the_accuracy_bench_keeps_each_training_curve(tmp_path) -> None:
+    """Seed 11's Frappe retrain stopped at epoch 13 where the other seeds ran 23, and its curve went with the clone:
+    the results file now keeps every run's validation AUC and learning rate per epoch, and nothing else."""
+    from bench.aim_accuracy import training_curves
+
+    (tmp_path / "reports" / "baselines").mkdir(parents=True)
+    header = "epoch,train_loss,valid_auc,valid_logloss,lr,seconds,samples_per_second\n"
+    (tmp_path / "reports" / "retrain.csv").write_text(header + "1,0.5,0.70,0.6,0.001,1,1\n2,0.4,0.69,0.6,0.0001,1,1\n")
+    (tmp_path / "reports" / "baselines" / "deepfm.csv").write_text(header + "1,0.5,0.6512345678,0.6,0.001,1,1\n")
+    (tmp_path / "reports" / "gate_vs_auc.csv").write_text("pair,gate,statistics_auc\na x b,0.5,0.6\n")
+    assert training_curves(tmp_path) == {
+        "baselines/deepfm": {"valid_auc": [0.651235], "lr": [0.001]},
+        "retrain": {"valid_auc": [0.70, 0.69], "lr": [0.001, 0.0001]}}
