@@ -88,14 +88,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# The kind each of ColumnSpec's keys acts on: set on a column of another kind, a key would do nothing.
-_KIND_OF_KEY: dict[str, ColumnKind] = {
-    "positive": "label", "negative": "label", "threshold": "label",
-    "bucketing": "numeric", "buckets": "numeric",
-    "prefix": "categorical",
-    "separator": "multi_valued", "max_length": "multi_valued",
-    "time_format": "timestamp", "derive": "timestamp",
-    "field": "flag",
+# The kinds each of ColumnSpec's keys acts on: set on a column of another kind, a key would do nothing.
+_KIND_OF_KEY: dict[str, tuple[ColumnKind, ...]] = {
+    "positive": ("label",), "negative": ("label",), "threshold": ("label",),
+    "bucketing": ("numeric",), "buckets": ("numeric",),
+    "prefix": ("categorical",),
+    "separator": ("multi_valued",), "max_length": ("multi_valued",),
+    "time_format": ("timestamp",), "derive": ("timestamp",),
+    "field": ("flag",),
+    # a label or flag value outside its mapping is kept aside, so a marker has nothing to mean there
+    "missing_values": ("numeric", "categorical", "timestamp", "multi_valued"),
 }
 
 
@@ -132,8 +134,10 @@ class ColumnSpec(Strict):
         ``drop`` column may keep its settings, so that a column is dropped and brought back by its kind alone."""
         kind, key = info.data.get("kind"), info.field_name
         assert key is not None
-        if value is not None and kind is not None and kind not in (_KIND_OF_KEY[key], "drop"):
-            raise ValueError(f"applies to {_KIND_OF_KEY[key]} columns only; this column is {kind}")
+        kinds = _KIND_OF_KEY[key]
+        if value is not None and kind is not None and kind not in (*kinds, "drop"):
+            named = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+            raise ValueError(f"applies to {named} columns only; this column is {kind}")
         if key == "buckets" and kind == "numeric" and info.data.get("bucketing") != "quantile":
             raise ValueError(f"applies to `bucketing: quantile` only; this column's bucketing is "
                              f"{info.data.get('bucketing')}")
@@ -160,9 +164,6 @@ class ColumnSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ColumnSpec:
-        if self.missing_values is not None and self.kind in ("label", "flag"):
-            raise ValueError(f"`missing_values` applies to numeric, categorical, timestamp and multi_valued columns; "
-                             f"this column is {self.kind} (a {self.kind} value outside its mapping is kept aside)")
         if self.kind == "label" and self.threshold is None and not self.positive:
             raise ValueError("a label column needs `positive` (and `negative`) values, or a `threshold`")
         if self.kind == "flag" and not self.field:

@@ -422,7 +422,8 @@ def test_a_columns_own_missing_values_replace_the_datasets(workdir: Path) -> Non
     assert pl.read_parquet(ROWS).select("age", "clicks", "site", "tags").rows() == [
         (None, 0.0, None, ["x"]), (25.0, None, "a", [])]
 
-    with pytest.raises(ConfigError, match=r"columns.label: `missing_values` applies to .*this column is label"):
+    with pytest.raises(ConfigError, match=r"columns\.label\.missing_values: applies to numeric, categorical, "
+                                          r"timestamp and multi_valued columns only; this column is label"):
         tiny_params({**columns, "label": {**columns["label"], "missing_values": ["NA"]}}, path)
 
 
