@@ -87,6 +87,9 @@ class TrainConfig:
     min_delta: float = 1e-5  # an AUC gain below this is no gain
     lr_decay: float = 0.1  # the learning rate is multiplied by this on each epoch without gain...
     min_lr: float = 1e-6  # ...but not below this
+    # ...or on every lr_decay_patience-th epoch in a row without gain: 2 lets one dip pass at the full rate (a
+    # model still learning fast can lose validation AUC for an epoch and regain it, docs/benchmarks.md "Seeds").
+    lr_decay_patience: int = 1
     grad_clip: float | None = 10.0  # max gradient norm of the Adam-trained weights (not GRDA gates); None: off
     seed: int = 2024
     device: str = "auto"  # "auto" = CUDA when present, else CPU; or any torch device string
@@ -337,9 +340,10 @@ class Trainer:
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif self.epoch > cfg.min_epochs:
             self.bad_epochs += 1
-            for optimizer in self.optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] = max(group["lr"] * cfg.lr_decay, cfg.min_lr)
+            if self.bad_epochs % cfg.lr_decay_patience == 0:
+                for optimizer in self.optimizers:
+                    for group in optimizer.param_groups:
+                        group["lr"] = max(group["lr"] * cfg.lr_decay, cfg.min_lr)
         return EpochRecord(
             epoch=self.epoch,
             train_loss=float(total_loss) / len(train),

@@ -451,6 +451,7 @@ class TrainSection(Strict):
     min_delta: Annotated[float, Field(ge=0)] = 1e-5
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 0.1
     min_lr: Annotated[float, Field(ge=0)] = 1e-6
+    lr_decay_patience: Annotated[int, Field(ge=1)] = 1
     grad_clip: Annotated[float, Field(gt=0)] | None = 10.0
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -471,6 +472,15 @@ class TrainSection(Strict):
         except RuntimeError as err:  # torch.device("gpu"): not a device string
             raise ValueError(f"{device!r} is not a torch device ({str(err).splitlines()[0]})") from None
         return device
+
+    @model_validator(mode="after")
+    def _decay_before_stop(self) -> TrainSection:
+        """A decay that waits as long as patience never happens: training stops first."""
+        if self.lr_decay < 1 and 1 < self.lr_decay_patience >= self.patience:
+            raise ValueError(f"lr_decay_patience {self.lr_decay_patience} >= patience {self.patience}: training "
+                             f"would stop before the learning rate ever decays (raise patience, or set lr_decay: "
+                             f"1.0 to train without decay)")
+        return self
 
 
 S = TypeVar("S", bound=BaseModel)
@@ -633,6 +643,24 @@ class Params(Strict):
             raise ValueError(f"dataset {self.dataset!r} is not one of datasets: {sorted(self.datasets)}")
         return self
 
+    @model_validator(mode="after")
+    def _stage_train_settings_valid(self) -> Params:
+        """Each stage trains with ``train`` and its own ``train:`` keys on top; the combination is checked here, at
+        load, so that e.g. a model's ``lr_decay_patience`` against the shared ``patience`` fails before any stage."""
+        stages = {"search.train": self.search.train, "search_embed.train": self.search_embed.train,
+                  "retrain.train": self.retrain.train}
+        for section in ("baselines", "transfer"):
+            for model in getattr(self, section).models:
+                stages[f"{section}.models.{model}.train"] = getattr(self, section).train_overrides(model)
+        for where, overrides in stages.items():
+            try:
+                TrainSection.model_validate(self.train.model_dump() | overrides)
+            except ValidationError as err:
+                first = err.errors()[0]
+                key = ".".join([where, *map(str, first["loc"])])
+                raise ValueError(f"{key}: {first['msg'].removeprefix('Value error, ')}") from None
+        return self
+
     @property
     def spec(self) -> DatasetSpec:
         return self.datasets[self.dataset]
@@ -655,7 +683,7 @@ def _format_error(err: ValidationError, path: Path) -> str:
             msg = msg.removeprefix("Value error, ")
             nested = re.match(r"([\w.]+\.[\w.]+): (.*)", msg)  # a validator naming a deeper key
             if nested:
-                key, msg = f"{key}.{nested[1]}", nested[2]
+                key, msg = (nested[1] if key == "(top level)" else f"{key}.{nested[1]}"), nested[2]
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 

@@ -64,6 +64,27 @@ def test_a_bad_model_entry_stops_any_stage_at_load(section: str, models: dict, m
         parse_params({**MINIMAL, section: {"models": models}})
 
 
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"train": {"lr_decay_patience": 2}}, r"train: lr_decay_patience 2 >= patience 2: training would stop before"),
+    ({"train": {"patience": 3, "lr_decay_patience": 2}, "retrain": {"train": {"patience": 2}}},
+     r"\n  retrain\.train: lr_decay_patience 2 >= patience 2"),
+    ({"baselines": {"models": {"fm": {"train": {"lr_decay_patience": 2}}}}},
+     r"\n  baselines\.models\.fm\.train: lr_decay_patience 2 >= patience 2"),
+    ({"search": {"train": {"lr": -1}}}, r"\n  search\.train\.lr: Input should be greater than 0"),
+])
+def test_a_stages_train_settings_are_checked_with_the_shared_ones_at_load(raw: dict, message: str) -> None:
+    """A stage trains with `train` and its own `train:` keys on top: a combination that cannot train (a decay that
+    waits as long as patience never happens) fails when params.yaml is read, naming the stage's key."""
+    with pytest.raises(ConfigError, match=message):
+        parse_params({**MINIMAL, **raw})
+
+
+def test_a_decay_patience_below_patience_or_without_decay_is_accepted() -> None:
+    assert parse_params({**MINIMAL, "train": {"patience": 3, "lr_decay_patience": 2}}).train.lr_decay_patience == 2
+    assert parse_params({**MINIMAL, "train": {"lr_decay_patience": 2, "lr_decay": 1.0}}).train.lr_decay == 1.0
+    assert parse_params({**MINIMAL, "train": {"patience": 1}}).train.patience == 1  # decay patience 1: as before
+
+
 def test_embedding_dim_zero_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"search\.embedding_dim: .*greater than or equal to 1"):
         parse_params({**MINIMAL, "search": {"embedding_dim": 0}})

@@ -122,6 +122,25 @@ def test_min_epochs_hold_off_patience_and_the_decay(planted) -> None:
     assert evaluate(model, data["valid"])["auc"] == pytest.approx(result.best_valid_auc, abs=1e-12)
 
 
+def test_lr_decay_patience_lets_a_bad_epoch_pass_at_the_full_rate(planted) -> None:
+    """The same overfitting run with lr_decay_patience 2 (and patience 3): the rate is cut on the 2nd epoch in a row
+    without gain, not on the 1st, and training stops on the 3rd."""
+    fields, data = planted
+    torch.manual_seed(0)
+    model = build_model("fm", fields, embedding_dim=16)
+    config = TrainConfig(epochs=30, batch_size=256, lr=0.02, patience=3, lr_decay_patience=2)
+    result = fit(model, data["train"], data["valid"], config)
+    lr, bad = 0.02, 0
+    for record in result.history:
+        bad = 0 if record.improved else bad + 1
+        if bad == 2:
+            lr *= 0.1
+        assert record.lr == pytest.approx(lr), record.epoch
+    first_bad = next(i for i, r in enumerate(result.history) if not r.improved)
+    assert result.history[first_bad].lr == result.history[first_bad - 1].lr  # the first dip passed undecayed
+    assert result.stopped_early and result.epochs_run == result.best_epoch + 3
+
+
 def test_a_validation_split_with_one_class_is_refused(planted) -> None:
     """Early stopping follows the validation AUC, which one class leaves undefined: an error, not a NaN."""
     fields, data = planted
