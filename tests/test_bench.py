@@ -109,3 +109,31 @@ def test_the_accuracy_bench_keeps_each_training_curve(tmp_path) -> None:
     assert training_curves(tmp_path) == {
         "baselines/deepfm": {"valid_auc": [0.651235], "lr": [0.001]},
         "retrain": {"valid_auc": [0.70, 0.69], "lr": [0.001, 0.0001]}}
+
+
+def test_the_schedule_bench_compares_runs_paired_by_seed_and_leaves_the_searches_out(tmp_path) -> None:
+    """bench.lr_schedule chooses on each training run's best validation AUC, paired by seed; a search's curve (which
+    no plateau schedule changes) is not compared, and a test AUC is kept apart from the choice."""
+    from bench.lr_schedule import outcome, summarize
+
+    header = "epoch,train_loss,valid_auc,valid_logloss,lr,seconds,samples_per_second\n"
+    for run in ("retrain", "baselines/fm", "search_interaction/order2", "autofis_search/order2", "search_embed"):
+        (tmp_path / "reports" / run).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "reports" / f"{run}.csv").write_text(header + "1,0.5,0.70,0.6,0.001,1,1\n2,0.4,0.75,0.6,0.001,1,1\n"
+                                                       "3,0.4,0.74,0.6,0.0001,1,1\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(
+        '{"models": [{"model": "fm", "test_auc": 0.71}, {"model": "aim (retrain)", "test_auc": 0.73}]}')
+    shipped = outcome(tmp_path)
+    assert shipped == {"best_valid_auc": {"baselines/fm": 0.75, "retrain": 0.75},
+                       "epochs": {"baselines/fm": 3, "retrain": 3},
+                       "test_auc": {"fm": 0.71, "aim (retrain)": 0.73}}
+    better = {"best_valid_auc": {"baselines/fm": 0.76, "retrain": 0.74}, "epochs": {},
+              "test_auc": {"fm": 0.70, "aim (retrain)": 0.74}}
+    summary = summarize({"11": {"shipped": shipped, "candidate": better},
+                         "7": {"shipped": shipped, "candidate": shipped}})
+    valid = summary["best_valid_auc"]
+    assert valid["per_run"]["baselines/fm"]["per_seed"] == pytest.approx([0.01, 0.0])
+    assert valid["per_run"]["retrain"]["mean"] == pytest.approx(-0.005)
+    assert valid["mean_difference"] == pytest.approx(0.0) and (valid["runs_better"], valid["runs_worse"]) == (1, 1)
+    assert summary["test_auc"]["per_run"]["aim (retrain)"]["per_seed"] == pytest.approx([0.01, 0.0])
