@@ -35,8 +35,14 @@ from typing import Any
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed, State
 
 PROJECT = Path(__file__).resolve().parents[1]
+
+# Prefect's server sends usage telemetry unless told not to. On a busy 2-core machine its heartbeat met "database is
+# locked" in the temporary server's SQLite and logged a 60-line traceback before the first stage ran. Off unless the
+# user sets it: the temporary server is a subprocess and reads it from this environment.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # Stages that search the architecture. A run with search=False leaves them as they are (their gate files
 # are what retrain and the transfers read), so a nightly run retrains on fresh data with the gates frozen.
@@ -227,7 +233,7 @@ def save_experiment(root: str, name: str, stages: list[str]) -> str:
 @flow(name="aim_pipeline", log_prints=True)
 def aim_pipeline(dataset: str | None = None, overrides: list[str] | None = None, search: bool = True,
                  stages: list[str] | None = None, experiment: str | None = None,
-                 root: str | None = None) -> dict[str, str]:
+                 root: str | None = None) -> dict[str, str] | State:
     """Run the pipeline's DVC stages in DAG order, one Prefect task each.
 
     Args:
@@ -239,7 +245,8 @@ def aim_pipeline(dataset: str | None = None, overrides: list[str] | None = None,
         experiment: the DVC experiment name under which a run with overrides is saved.
         root: the project directory (where dvc.yaml is); default: this checkout.
     Returns:
-        stage -> "ran" or "skipped" (DVC found its inputs unchanged).
+        stage -> "ran" or "skipped" (DVC found its inputs unchanged). A failed stage ends the flow in a Failed
+        state with the stage's error as its message; a plain call raises that StageFailed.
     """
     project = Path(root or PROJECT).resolve()
     overrides = with_dataset(overrides, dataset)
@@ -267,7 +274,13 @@ def aim_pipeline(dataset: str | None = None, overrides: list[str] | None = None,
             print(f"{name}: frozen (search=False), its gates are used as they are")
             continue
         # One task per stage, named as the stage (stage name in dvc.yaml = tasks/<stage>.py = task name).
-        results[name] = run_stage.with_options(name=name, task_run_name=name)(name, str(project), stage["metrics"])
+        try:
+            results[name] = run_stage.with_options(name=name, task_run_name=name)(name, str(project),
+                                                                                  stage["metrics"])
+        except StageFailed as err:
+            # A Failed state, not a raised exception: Prefect then logs the stage's error in one line instead of
+            # its engine's traceback, and the flow's caller still gets the StageFailed (from state.result()).
+            return Failed(message=str(err), data=err)
     if overrides or experiment:
         left_out = [stage["name"] for stage in plan if stage["name"] not in results]
         if left_out:

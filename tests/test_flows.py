@@ -168,6 +168,9 @@ def test_a_failed_validation_fails_the_flow_naming_the_stage(flowed: tuple[Path,
     trained = (repo / "metrics/baselines/lr.json").stat().st_mtime_ns
     state = aim_pipeline(root=str(repo), stages=["validate", "baselines@lr"], return_state=True)
     assert state.is_failed()
+    # The flow ends in a Failed state carrying the stage's error (logged in one line), not an exception Prefect
+    # logged with its engine's traceback ("Flow run encountered an exception: StageFailed: ...").
+    assert state.message.startswith("stage 'validate' failed (exit ")
     with pytest.raises(StageFailed, match=r"(?s)stage 'validate' failed \(exit \d+\): error: "
                        r"validation failed.*valid: label is 0/1 \(unexpected: 5 rows, e.g. 7\)"):
         state.result()
