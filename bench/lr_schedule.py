@@ -90,6 +90,19 @@ def summarize(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def summary_of_files(paths: list[Path]) -> dict[str, Any]:
+    """``summarize`` over the seeds of several results files (one per dataset, or a later run's extra seeds), whose
+    candidates must be the same; a run is named by its dataset too."""
+    results = [json.loads(path.read_text()) for path in paths]
+    candidates = {tuple(r["candidate"]) for r in results}
+    if len(candidates) > 1:
+        raise SystemExit(f"the files test different candidates: {sorted(candidates)}")
+    return summarize({f"{r['dataset']}/{seed}": {arm: {metric: {f"{r['dataset']}/{run}": v for run, v in values.items()}
+                                                         for metric, values in result[arm].items()}
+                                                   for arm in ("shipped", "candidate")}
+                      for r in results for seed, result in r["seeds"].items()})
+
+
 def report(summary: dict[str, Any]) -> None:
     for metric, label in (("best_valid_auc", "validation AUC (the choice)"), ("test_auc", "test AUC (reported)")):
         s = summary[metric]
@@ -97,18 +110,25 @@ def report(summary: dict[str, Any]) -> None:
             continue
         print(f"\n{label}: candidate − shipped, mean over seeds")
         for run, d in sorted(s["per_run"].items(), key=lambda kv: -kv[1]["mean"]):
-            print(f"  {run:24s} {d['mean']:+.5f}   per seed " + " ".join(f"{x:+.5f}" for x in d["per_seed"]))
+            print(f"  {run:34s} {d['mean']:+.5f}   per seed " + " ".join(f"{x:+.5f}" for x in d["per_seed"]))
         print(f"  all: {s['mean_difference']:+.5f}; better in {s['runs_better']}, worse in {s['runs_worse']}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", required=True, help="a dataset preset of params.yaml")
-    ap.add_argument("--seeds", nargs="+", type=int, required=True)
-    ap.add_argument("--candidate", action="append", required=True, metavar="KEY=VALUE",
+    ap.add_argument("--dataset", help="a dataset preset of params.yaml")
+    ap.add_argument("--seeds", nargs="+", type=int)
+    ap.add_argument("--candidate", action="append", metavar="KEY=VALUE",
                     help="an override of the candidate schedule (DVC -S syntax); repeatable")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--summary", nargs="+", type=Path, metavar="RESULTS",
+                    help="run nothing: the summary over these results files' seeds (datasets and runs together)")
     args = ap.parse_args()
+    if args.summary:
+        report(summary_of_files(args.summary))
+        return
+    if not (args.dataset and args.seeds and args.candidate):
+        ap.error("--dataset, --seeds and --candidate are needed to run (or --summary to read results)")
     out = args.out or ROOT / "bench" / "results" / f"lr_schedule_{args.dataset}.json"
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,23 @@ def test_the_schedule_bench_compares_runs_paired_by_seed_and_leaves_the_searches
     assert valid["per_run"]["retrain"]["mean"] == pytest.approx(-0.005)
     assert valid["mean_difference"] == pytest.approx(0.0) and (valid["runs_better"], valid["runs_worse"]) == (1, 1)
     assert summary["test_auc"]["per_run"]["aim (retrain)"]["per_seed"] == pytest.approx([0.01, 0.0])
+
+
+def test_the_schedule_summary_reads_several_files_and_refuses_different_candidates(tmp_path) -> None:
+    from bench.lr_schedule import summary_of_files
+
+    def arm(auc: float) -> dict:
+        return {"best_valid_auc": {"retrain": auc}, "epochs": {"retrain": 3}, "test_auc": {"aim (retrain)": auc}}
+
+    def write(name: str, dataset: str, candidate: list[str], gain: float) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"dataset": dataset, "candidate": candidate,
+                                    "seeds": {"7": {"shipped": arm(0.8), "candidate": arm(0.8 + gain)}}}))
+        return path
+
+    both = summary_of_files([write("a.json", "frappe", ["train.patience=3"], 0.002),
+                             write("b.json", "movielens_100k", ["train.patience=3"], -0.001)])
+    assert set(both["best_valid_auc"]["per_run"]) == {"frappe/retrain", "movielens_100k/retrain"}
+    assert both["best_valid_auc"]["mean_difference"] == pytest.approx(0.0005)
+    with pytest.raises(SystemExit, match="different candidates"):
+        summary_of_files([tmp_path / "a.json", write("c.json", "frappe", ["train.patience=4"], 0.0)])
