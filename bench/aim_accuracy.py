@@ -43,6 +43,11 @@ MAX_PAIR_RATIO, MAX_PARAM_RATIO = 0.30, 1.5
 PAPER_ORDER = ["aim (retrain)", "autofis", "ipnn", "deepfm", "fm"]  # AIM paper, Tables 4-5
 
 
+def dvc_env() -> dict[str, str]:
+    """The stages' commands say `python`: this interpreter's environment first on PATH, as `make run` does."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def run_pipeline(dataset: str, overrides: list[str], scratch: Path) -> float:
     """Clone HEAD into ``scratch``, apply the overrides, ``dvc repro``; returns its wall seconds."""
     from flows.aim_pipeline import apply_overrides
@@ -52,10 +57,8 @@ def run_pipeline(dataset: str, overrides: list[str], scratch: Path) -> float:
     log(f"{dataset}: dvc repro in {scratch} (log: {scratch / 'repro.log'})")
     t0 = time.perf_counter()
     with open(scratch / "repro.log", "w") as out:
-        # The stages' commands say `python`: this interpreter's environment first on PATH, as `make run` does.
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=scratch, stdout=out,
-                              stderr=subprocess.STDOUT, env=env)
+                              stderr=subprocess.STDOUT, env=dvc_env())
     if done.returncode:
         tail = (scratch / "repro.log").read_text().splitlines()[-20:]
         raise RuntimeError(f"{dataset}: dvc repro failed ({done.returncode}):\n" + "\n".join(tail))

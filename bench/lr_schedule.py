@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from bench.aim_accuracy import ROOT, run_pipeline, training_curves
+from bench.aim_accuracy import ROOT, dvc_env, run_pipeline, training_curves
 from bench.train_throughput import log, machine_info
 
 # Stages whose training a plateau schedule cannot change (data stages, and searches without decay or early stop).
@@ -55,7 +54,7 @@ def rerun_training(root: Path, overrides: list[str]) -> float:
     from flows.aim_pipeline import apply_overrides
 
     apply_overrides.fn(str(root), overrides)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = dvc_env()
     listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=root, env=env,
                             capture_output=True, text=True, check=True).stdout.split()
     stages = [s for s in listed if s.split("@")[0] not in UNCHANGED_STAGES]  # dvc.yaml's order: DAG order
