@@ -487,12 +487,13 @@ S = TypeVar("S", bound=BaseModel)
 
 
 def overlay(section: S, overrides: dict[str, Any], where: str) -> S:
-    """``section`` with ``overrides`` on top, validated like the rest; an error names ``where`` in params.yaml."""
+    """``section`` with ``overrides`` on top, validated like the rest; an error names ``where`` in params.yaml.
+    (Params checks every overlay a stage makes when params.yaml is read, so this error is a last guard.)"""
     try:
         return type(section).model_validate(section.model_dump() | overrides)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"params.yaml: {where}: {problems}") from None
+        problems = "; ".join(f"{where}.{key}: {msg}" for key, msg in map(_describe, err.errors()))
+        raise ConfigError(f"params.yaml: {problems}") from None
 
 
 def _check_train_keys(overrides: Any, where: str) -> dict[str, Any]:
@@ -646,9 +647,15 @@ class Params(Strict):
     @model_validator(mode="after")
     def _stage_train_settings_valid(self) -> Params:
         """Each stage trains with ``train`` and its own ``train:`` keys on top; the combination is checked here, at
-        load, so that e.g. a model's ``lr_decay_patience`` against the shared ``patience`` fails before any stage."""
+        load, so that e.g. a model's ``lr_decay_patience`` against the shared ``patience`` fails before any stage.
+        So is the ``autofis`` section, which is ``search`` with its keys on top."""
+        try:  # AutoFIS's section is `search` with the `autofis` keys on top: check it now, not when autofis runs
+            autofis = SearchConfig.model_validate(self.search.model_dump() | self.autofis)
+        except ValidationError as err:
+            key, msg = _describe(err.errors()[0])
+            raise ValueError(f"autofis.{key}: {msg}" if key != "(top level)" else f"autofis: {msg}") from None
         stages = {"search.train": self.search.train, "search_embed.train": self.search_embed.train,
-                  "retrain.train": self.retrain.train}
+                  "retrain.train": self.retrain.train, "autofis.train": autofis.train}
         for section in ("baselines", "transfer"):
             for model in getattr(self, section).models:
                 stages[f"{section}.models.{model}.train"] = getattr(self, section).train_overrides(model)
@@ -656,9 +663,8 @@ class Params(Strict):
             try:
                 TrainSection.model_validate(self.train.model_dump() | overrides)
             except ValidationError as err:
-                first = err.errors()[0]
-                key = ".".join([where, *map(str, first["loc"])])
-                raise ValueError(f"{key}: {first['msg'].removeprefix('Value error, ')}") from None
+                key, msg = _describe(err.errors()[0])
+                raise ValueError(f"{where}.{key}: {msg}" if key != "(top level)" else f"{where}: {msg}") from None
         return self
 
     @property
@@ -669,22 +675,26 @@ class Params(Strict):
 KNOWN_TOP_LEVEL = {field.alias or name for name, field in Params.model_fields.items()}  # params.yaml's sections
 
 
+def _describe(e: Any) -> tuple[str, str]:
+    """One pydantic error as (the params.yaml key it is about, a message), e.g. ("search.train.lr", "unknown key")."""
+    # A model validator adds its own name to the location ("function-after[_check()]"): not a key.
+    key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after[")) or "(top level)"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif e["type"] == "missing":
+        msg = "required key is missing"
+    elif e["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        nested = re.match(r"([\w.]+\.[\w.]+): (.*)", msg)  # a validator naming a deeper key
+        if nested:
+            key, msg = (nested[1] if key == "(top level)" else f"{key}.{nested[1]}"), nested[2]
+    return key, msg
+
+
 def _format_error(err: ValidationError, path: Path) -> str:
     lines = [f"{path}: invalid configuration"]
-    for e in err.errors():
-        # A model validator adds its own name to the location ("function-after[_check()]"): not a key.
-        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after[")) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        elif e["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-            nested = re.match(r"([\w.]+\.[\w.]+): (.*)", msg)  # a validator naming a deeper key
-            if nested:
-                key, msg = (nested[1] if key == "(top level)" else f"{key}.{nested[1]}"), nested[2]
-        lines.append(f"  {key}: {msg}")
+    lines += [f"  {key}: {msg}" for key, msg in map(_describe, err.errors())]
     return "\n".join(lines)
 
 

@@ -71,12 +71,26 @@ def test_a_bad_model_entry_stops_any_stage_at_load(section: str, models: dict, m
     ({"baselines": {"models": {"fm": {"train": {"lr_decay_patience": 2}}}}},
      r"\n  baselines\.models\.fm\.train: lr_decay_patience 2 >= patience 2"),
     ({"search": {"train": {"lr": -1}}}, r"\n  search\.train\.lr: Input should be greater than 0"),
+    ({"autofis": {"mode": "fis", "train": {"lr_decay_patience": 2}}},
+     r"\n  autofis\.train: lr_decay_patience 2 >= patience 2"),
+    ({"autofis": {"mode": "fis", "train": {"lrr": 0.1}}}, r"\n  autofis\.train\.lrr: unknown key"),
 ])
 def test_a_stages_train_settings_are_checked_with_the_shared_ones_at_load(raw: dict, message: str) -> None:
     """A stage trains with `train` and its own `train:` keys on top: a combination that cannot train (a decay that
     waits as long as patience never happens) fails when params.yaml is read, naming the stage's key."""
     with pytest.raises(ConfigError, match=message):
         parse_params({**MINIMAL, **raw})
+
+
+@pytest.mark.parametrize(("autofis", "message"), [
+    ({"mode": "fis", "modee": "fis_ifs"}, r"\n  autofis\.modee: unknown key$"),
+    ({"mode": "fsi"}, r"\n  autofis\.mode: Input should be 'fis' or 'fis_ifs'"),
+])
+def test_the_autofis_section_is_checked_at_load(autofis: dict, message: str) -> None:
+    """`autofis` is `search` with its keys on top: a typo there stops the first stage, not the autofis stage
+    after both searches have run."""
+    with pytest.raises(ConfigError, match=message):
+        parse_params({**MINIMAL, "autofis": autofis})
 
 
 def test_a_decay_patience_below_patience_or_without_decay_is_accepted() -> None:
