@@ -48,9 +48,9 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[s
 
     * ``predicted_over_observed``: mean predicted CTR over the observed click rate (1 is calibrated on the whole;
       ads teams call it PCOC); None where no row is a click;
-    * ``ece``: expected calibration error over ``bins`` equal-count bins of the predictions (sorted, so every bin
-      holds about N / bins rows; equal-width bins would leave most empty at CTR-like rates): the rows-weighted
-      mean of |mean prediction - click rate| per bin;
+    * ``calibration_error``: the expected calibration error (ECE) over ``bins`` equal-count bins of the predictions
+      (sorted, so every bin holds about N / bins rows; equal-width bins would leave most empty at CTR-like rates):
+      the rows-weighted mean of |mean prediction - click rate| per bin;
     * ``bins``: each bin's mean prediction, click rate and row count (the reliability curve).
     """
     labels = np.asarray(labels, dtype=np.float64).ravel()
@@ -65,7 +65,7 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[s
     counts = np.array([len(c) for c in chunks])
     rate = labels.mean()
     return {"predicted_over_observed": float(probs.mean() / rate) if rate > 0 else None,  # no clicks: undefined
-            "ece": float((counts * np.abs(predicted - observed)).sum() / counts.sum()),
+            "calibration_error": float((counts * np.abs(predicted - observed)).sum() / counts.sum()),
             "bins": {"predicted": predicted.tolist(), "observed": observed.tolist(), "rows": counts.tolist()}}
 
 

@@ -132,7 +132,7 @@ def add_calibration(rows: list[dict[str, Any]], labels: np.ndarray,
     for r in rows:
         if r["model"] in predictions:
             c = calibration(labels, predictions[r["model"]])
-            r["predicted_over_observed"], r["calibration_error"] = c["predicted_over_observed"], c["ece"]
+            r |= {key: c[key] for key in ("predicted_over_observed", "calibration_error")}
             curves[r["model"]] = c["bins"]
     return curves
 

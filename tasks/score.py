@@ -170,7 +170,7 @@ def run(params: Params, paths: list[Path], model_path: Path, out: Path, unlabell
         labels_all, probabilities_all = np.concatenate(labels), np.concatenate(probabilities)
         summary |= metrics(labels_all, probabilities_all)
         c = calibration(labels_all, probabilities_all)  # a new day's log: has the click rate drifted from training's?
-        summary |= {"predicted_over_observed": c["predicted_over_observed"], "calibration_error": c["ece"]}
+        summary |= {key: c[key] for key in ("predicted_over_observed", "calibration_error")}
     write_json(out.with_suffix(".json"), summary)
     print(f"score: {scored:,} rows scored with {model_path} -> {out} ({bad_lines.height:,} lines rejected"
           + (f": {', '.join(f'{k} {v}' for k, v in reasons.most_common(4))}" if reasons else "") + ")"

@@ -135,7 +135,7 @@ def test_calibration_by_hand() -> None:
     assert c["bins"]["rows"] == [3, 3]
     assert c["bins"]["predicted"] == pytest.approx([0.2, 0.7])
     assert c["bins"]["observed"] == pytest.approx([1 / 3, 2 / 3])
-    assert c["ece"] == pytest.approx((abs(0.2 - 1 / 3) + abs(0.7 - 2 / 3)) / 2)
+    assert c["calibration_error"] == pytest.approx((abs(0.2 - 1 / 3) + abs(0.7 - 2 / 3)) / 2)
     assert c["predicted_over_observed"] == pytest.approx(probs.mean() / 0.5)
     with pytest.raises(ValueError, match="as many predictions as labels"):
         calibration(labels, probs[:5])
@@ -146,6 +146,6 @@ def test_calibration_tells_a_calibrated_model_from_one_that_doubles_its_ctr() ->
     probs = rng.beta(1, 9, 200_000)  # CTR-like: mean 0.1
     labels = rng.random(200_000) < probs
     honest, doubled = calibration(labels, probs), calibration(labels, np.clip(2 * probs, 0, 1))
-    assert honest["predicted_over_observed"] == pytest.approx(1, abs=0.02) and honest["ece"] < 0.005
-    assert doubled["predicted_over_observed"] == pytest.approx(2, abs=0.05) and doubled["ece"] > 0.08
+    assert honest["predicted_over_observed"] == pytest.approx(1, abs=0.02) and honest["calibration_error"] < 0.005
+    assert doubled["predicted_over_observed"] == pytest.approx(2, abs=0.05) and doubled["calibration_error"] > 0.08
     assert len(honest["bins"]["rows"]) == 10 and sum(honest["bins"]["rows"]) == 200_000

@@ -86,7 +86,7 @@ def test_scores_reproduce_the_stage_and_keep_bad_lines(trained, capsys: pytest.C
     assert json.loads(Path("out/scores.json").read_text())["auc"] == summary["auc"] > 0.5
     labels = scores["label"].to_numpy()
     assert summary["predicted_over_observed"] == pytest.approx(probability.mean() / labels.mean())
-    assert summary["calibration_error"] == pytest.approx(calibration(labels, probability)["ece"])
+    assert summary["calibration_error"] == pytest.approx(calibration(labels, probability)["calibration_error"])
     printed = capsys.readouterr().out
     assert f"{summary['rows_scored']:,} rows scored" in printed and "AUC" in printed
     assert f"mean predicted / observed CTR {summary['predicted_over_observed']:.3f}" in printed
