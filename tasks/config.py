@@ -492,7 +492,7 @@ def overlay(section: S, overrides: dict[str, Any], where: str) -> S:
     try:
         return type(section).model_validate(section.model_dump() | overrides)
     except ValidationError as err:
-        problems = "; ".join(f"{where}.{key}: {msg}" for key, msg in map(_describe, err.errors()))
+        problems = "; ".join(_under(where, e) for e in err.errors())
         raise ConfigError(f"params.yaml: {problems}") from None
 
 
@@ -652,8 +652,7 @@ class Params(Strict):
         try:  # AutoFIS's section is `search` with the `autofis` keys on top: check it now, not when autofis runs
             autofis = SearchConfig.model_validate(self.search.model_dump() | self.autofis)
         except ValidationError as err:
-            key, msg = _describe(err.errors()[0])
-            raise ValueError(f"autofis.{key}: {msg}" if key != "(top level)" else f"autofis: {msg}") from None
+            raise ValueError(_under("autofis", err.errors()[0])) from None
         stages = {"search.train": self.search.train, "search_embed.train": self.search_embed.train,
                   "retrain.train": self.retrain.train, "autofis.train": autofis.train}
         for section in ("baselines", "transfer"):
@@ -663,8 +662,7 @@ class Params(Strict):
             try:
                 TrainSection.model_validate(self.train.model_dump() | overrides)
             except ValidationError as err:
-                key, msg = _describe(err.errors()[0])
-                raise ValueError(f"{where}.{key}: {msg}" if key != "(top level)" else f"{where}: {msg}") from None
+                raise ValueError(_under(where, err.errors()[0])) from None
         return self
 
     @property
@@ -690,6 +688,12 @@ def _describe(e: Any) -> tuple[str, str]:
         if nested:
             key, msg = (nested[1] if key == "(top level)" else f"{key}.{nested[1]}"), nested[2]
     return key, msg
+
+
+def _under(where: str, e: Any) -> str:
+    """One pydantic error of a section validated on its own, named from ``where`` in params.yaml."""
+    key, msg = _describe(e)
+    return f"{where}: {msg}" if key == "(top level)" else f"{where}.{key}: {msg}"
 
 
 def _format_error(err: ValidationError, path: Path) -> str:
